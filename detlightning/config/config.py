@@ -1,0 +1,42 @@
+"""Compose detlightning's Hydra config without a command line (notebooks, tests, scripts)."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_MODULE = "detlightning.conf"
+
+__all__ = ["CONFIG_MODULE", "get_cfg"]
+
+
+@contextlib.contextmanager
+def _fresh_global_hydra() -> Iterator[None]:
+    """Let compose() run even inside a running Hydra app (whose GlobalHydra we stash and restore)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    gh = GlobalHydra.instance()
+    saved = gh.hydra if gh.is_initialized() else None
+    gh.clear()
+    try:
+        yield
+    finally:
+        gh.clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
+
+
+def get_cfg(overrides: Sequence[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The composed config: detectron2's defaults (lower-cased keys) plus the selected config groups.
+
+    ``overrides`` use Hydra's command-line syntax, e.g. ``["model=mask_rcnn", "backbone=resnet50",
+    "model.roi_heads.num_classes=3"]``. The result is in struct mode: reading or writing a key that does not exist
+    raises, as does an unknown group option (Hydra's message lists the valid choices).
+    """
+    from hydra import compose, initialize_config_module
+
+    with _fresh_global_hydra(), initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides or []))
+    OmegaConf.set_struct(cfg, True)
+    return cfg

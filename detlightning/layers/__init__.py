@@ -1,0 +1,22 @@
+"""Building blocks shared by the models: norms, conv wrappers, ROI ops, NMS, losses."""
+from .batch_norm import FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
+from .blocks import CNNBlockBase
+from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, sigmoid_focal_loss_jit, smooth_l1_loss
+from .nms import batched_nms, nms
+from .roi_align import ROIAlign, ROIPool
+from .shape_spec import ShapeSpec
+from .wrappers import (
+    BatchNorm2d,
+    Conv2d,
+    ConvTranspose2d,
+    Linear,
+    cat,
+    cross_entropy,
+    empty_input_loss_func_wrapper,
+    interpolate,
+    move_device_like,
+    nonzero_tuple,
+    shapes_to_tensor,
+)
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]

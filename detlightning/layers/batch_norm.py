@@ -1,0 +1,121 @@
+"""Normalisation layers: FrozenBatchNorm2d and the ``get_norm`` factory used by every configurable block."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FrozenBatchNorm2d", "get_norm", "NaiveSyncBatchNorm"]
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d whose statistics and affine parameters are fixed buffers.
+
+    All four tensors (``weight``, ``bias``, ``running_mean``, ``running_var``; shape (C,)) are buffers, so they load
+    from detectron2 checkpoints under the same names but are never trained. Computes
+    ``x * weight / sqrt(running_var + eps) + bias - running_mean * scale`` on (N, C, H, W) input.
+    """
+
+    _version = 3
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features) - eps)
+
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The equivalent per-channel affine ``(scale, shift)``, each (C,)."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            # F.batch_norm in eval mode has a memory-efficient backward.
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+            )
+        scale, shift = self.scale_and_shift()
+        out_dtype = x.dtype  # may be half under autocast
+        return x * scale.to(out_dtype).view(1, -1, 1, 1) + shift.to(out_dtype).view(1, -1, 1, 1)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        version = local_metadata.get("version", None)
+        if version is None or version < 2:
+            # d2-parity: old checkpoints (and Caffe2 conversions) hold only the folded scale/bias; absent statistics
+            # mean "identity", so fill them instead of reporting them missing.
+            if prefix + "running_mean" not in state_dict:
+                state_dict[prefix + "running_mean"] = torch.zeros_like(self.running_mean)
+            if prefix + "running_var" not in state_dict:
+                state_dict[prefix + "running_var"] = torch.ones_like(self.running_var)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def convert_frozen_batchnorm(cls, module: nn.Module) -> nn.Module:
+        """Replace every BatchNorm2d/SyncBatchNorm in ``module`` (recursively) by a FrozenBatchNorm2d with its state.
+
+        Returns the converted module (a new object when ``module`` itself is a batch norm).
+        """
+        bn_types = (nn.modules.batchnorm.BatchNorm2d, nn.modules.batchnorm.SyncBatchNorm)
+        if isinstance(module, bn_types):
+            frozen = cls(module.num_features, eps=module.eps)
+            if module.affine:
+                frozen.weight.data.copy_(module.weight.detach())
+                frozen.bias.data.copy_(module.bias.detach())
+            frozen.running_mean.data.copy_(module.running_mean)
+            frozen.running_var.data.copy_(module.running_var)
+            return frozen
+        for name, child in module.named_children():
+            new_child = cls.convert_frozen_batchnorm(child)
+            if new_child is not child:
+                module.add_module(name, new_child)
+        return module
+
+
+class NaiveSyncBatchNorm(nn.SyncBatchNorm):
+    """Synchronised BatchNorm; an alias of ``torch.nn.SyncBatchNorm`` kept for detectron2's "naiveSyncBN" name.
+
+    ``nn.SyncBatchNorm`` falls back to plain BatchNorm when no process group is running, so a "SyncBN" config also
+    works in single-process CPU tests.
+    """
+
+
+def _group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(32, channels)
+
+
+_NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "BN": nn.BatchNorm2d,
+    "SyncBN": NaiveSyncBatchNorm,
+    "naiveSyncBN": NaiveSyncBatchNorm,
+    "nnSyncBN": nn.SyncBatchNorm,
+    "FrozenBN": FrozenBatchNorm2d,
+    "GN": _group_norm,
+}
+
+
+def get_norm(norm: str | Callable[[int], nn.Module] | None, out_channels: int) -> nn.Module | None:
+    """Build a normalisation layer for ``out_channels`` channels.
+
+    ``norm`` is one of "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN" (32 groups), "" / None (no norm),
+    or a callable taking the channel count.
+    """
+    if norm is None or norm == "":
+        return None
+    if isinstance(norm, str):
+        if norm not in _NORMS:
+            raise ValueError(f"Unknown norm {norm!r}; expected one of {sorted(_NORMS)} or '' for none.")
+        norm = _NORMS[norm]
+    return norm(out_channels)

@@ -1,0 +1,98 @@
+"""Thin wrappers over torch ops: Conv2d with norm/activation, empty-safe losses, small tensor helpers."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "Conv2d",
+    "ConvTranspose2d",
+    "BatchNorm2d",
+    "Linear",
+    "interpolate",
+    "cat",
+    "cross_entropy",
+    "empty_input_loss_func_wrapper",
+    "nonzero_tuple",
+    "move_device_like",
+    "shapes_to_tensor",
+]
+
+ConvTranspose2d = nn.ConvTranspose2d
+BatchNorm2d = nn.BatchNorm2d
+Linear = nn.Linear
+interpolate = F.interpolate
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with optional ``norm`` and ``activation`` applied after the convolution.
+
+    Keeps the norm as the submodule ``norm`` so parameter names match detectron2 (``conv1.weight``,
+    ``conv1.norm.weight``).
+    """
+
+    def __init__(
+        self,
+        *args,
+        norm: nn.Module | None = None,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.numel() == 0 and isinstance(self.norm, nn.SyncBatchNorm):
+            raise ValueError("SyncBatchNorm does not support empty inputs in training.")
+        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat`` that skips the copy for a single tensor."""
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"cat() expects a list or tuple of tensors, got {type(tensors).__name__}")
+    if len(tensors) == 1:
+        return tensors[0]
+    return torch.cat(tensors, dim)
+
+
+def empty_input_loss_func_wrapper(loss_func: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Make a mean-reduced loss return 0 (connected to the graph) on an empty target instead of NaN."""
+
+    def wrapped(input: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean", **kwargs) -> torch.Tensor:
+        if target.numel() == 0 and reduction == "mean":
+            return input.sum() * 0.0
+        return loss_func(input, target, reduction=reduction, **kwargs)
+
+    return wrapped
+
+
+cross_entropy = empty_input_loss_func_wrapper(F.cross_entropy)
+
+
+def nonzero_tuple(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``x.nonzero(as_tuple=True)``, also for 0-dim input (treated as 1-element)."""
+    if x.dim() == 0:
+        return x.unsqueeze(0).nonzero(as_tuple=True)
+    return x.nonzero(as_tuple=True)
+
+
+def move_device_like(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """``src`` on ``dst``'s device."""
+    return src.to(dst.device)
+
+
+def shapes_to_tensor(x: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
+    """A list of ints (or 0-dim tensors while tracing) as a 1-D long tensor."""
+    if all(isinstance(t, torch.Tensor) for t in x):
+        return torch.stack([t.to(device) for t in x])
+    return torch.as_tensor(x, device=device)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import pytest
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError
+
+from detlightning.config import configurable, get_cfg
+
+
+def test_defaults_are_detectron2_defaults_for_fpn():
+    cfg = get_cfg()
+    assert cfg.model.meta_architecture == "GeneralizedRCNN"
+    assert cfg.model.backbone.name == "build_resnet_fpn_backbone"
+    assert cfg.model.rpn.in_features == ["p2", "p3", "p4", "p5", "p6"]
+    assert cfg.model.roi_heads.name == "StandardROIHeads"
+    assert cfg.input.format == "BGR"
+
+
+def test_groups_compose_like_model_zoo_files():
+    kp = get_cfg(["model=keypoint_rcnn", "backbone=resnet101"])
+    assert kp.model.keypoint_on and kp.model.roi_heads.num_classes == 1
+    assert kp.model.rpn.post_nms_topk_train == 1500  # the model file wins over the backbone's Base-RCNN-FPN values
+    assert kp.model.resnets.depth == 101
+    x = get_cfg(["model=mask_rcnn", "backbone=resnext101_32x8d"])
+    assert (x.model.resnets.num_groups, x.model.resnets.width_per_group, x.model.resnets.stride_in_1x1) == (32, 8, False)
+    assert x.model.backbone.name == "build_resnet_fpn_backbone" and x.model.mask_on
+    c4 = get_cfg(["backbone=resnet50_c4"])
+    assert c4.model.roi_heads.name == "Res5ROIHeads" and c4.model.rpn.pre_nms_topk_test == 6000
+
+
+def test_unknown_key_and_option_fail_with_choices():
+    with pytest.raises(Exception, match="model.foo"):
+        get_cfg(["model.foo=1"])
+    with pytest.raises(Exception, match="resnet50_c4"):  # the message lists the valid options
+        get_cfg(["backbone=resnet5"])
+    cfg = get_cfg()
+    with pytest.raises(ConfigAttributeError):
+        _ = cfg.model.not_a_key
+
+
+class _Head:
+    @configurable
+    def __init__(self, in_channels: int, num_classes: int = 3) -> None:
+        self.in_channels, self.num_classes = in_channels, num_classes
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, in_channels: int) -> dict:
+        return {"in_channels": in_channels, "num_classes": cfg.model.roi_heads.num_classes}
+
+
+def test_configurable_both_styles():
+    cfg = get_cfg(["model.roi_heads.num_classes=7"])
+    assert vars(_Head(4)) == {"in_channels": 4, "num_classes": 3}
+    assert vars(_Head(cfg, 5)) == {"in_channels": 5, "num_classes": 7}
+    assert vars(_Head(cfg, in_channels=6, num_classes=9)) == {"in_channels": 6, "num_classes": 9}
+
+
+@configurable(from_config=lambda cfg, scale=1: {"n": cfg.model.roi_heads.num_classes * scale})
+def _make(n: int) -> int:
+    return n
+
+
+def test_configurable_function():
+    cfg = get_cfg(["model.roi_heads.num_classes=2"])
+    assert _make(5) == 5
+    assert _make(cfg, scale=3) == 6
