@@ -1,0 +1,70 @@
+"""The dependency arrows of design.md: walk every import in the package (ast) and fail on one pointing the wrong way."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "detlightning"
+
+# subpackage -> the detlightning subpackages it may import (besides itself)
+ALLOWED: dict[str, set[str]] = {
+    "utils": set(),
+    "layers": {"utils"},
+    "structures": {"utils", "layers"},
+    "config": {"utils"},
+    "modeling": {"utils", "layers", "structures", "config"},
+    "checkpoint": {"utils"},
+    "data": {"utils", "structures", "config"},
+    "evaluation": {"utils", "structures", "data"},
+    "engine": {"utils", "layers", "structures", "config", "modeling", "checkpoint", "data", "evaluation"},
+    "export": {"utils", "layers", "structures", "config", "modeling"},
+    "model_zoo": {"utils", "config", "modeling", "checkpoint"},
+    "conf": set(),
+}
+# these must stay plain torch: no Lightning or Hydra at module level
+NO_FRAMEWORK = {"modeling", "layers", "structures"}
+FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra")
+
+
+def _imports(path: Path):
+    """(module name, is_module_level) for every import in ``path``, relative imports resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    pkg_parts = list(rel.parts[:-1]) if rel.name != "__init__" else list(rel.parts[:-1])
+    top_level = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, id(node) in top_level
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg_parts[: len(pkg_parts) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            yield name, id(node) in top_level
+
+
+def _files():
+    return sorted(p for p in PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_point_the_right_way(path: Path):
+    rel = path.relative_to(PKG)
+    if len(rel.parts) == 1:
+        return  # detlightning/__init__.py
+    sub = rel.parts[0]
+    allowed = ALLOWED.get(sub)
+    assert allowed is not None, f"new subpackage detlightning/{sub}: add it to ALLOWED in {__file__}"
+    for name, module_level in _imports(path):
+        parts = name.split(".")
+        if parts[0] == "detlightning" and len(parts) > 1:
+            target = parts[1]
+            assert target == sub or target in allowed, (
+                f"{rel} imports detlightning.{target}; detlightning.{sub} may only import {sorted(allowed)}"
+            )
+        if sub in NO_FRAMEWORK and module_level:
+            assert parts[0] not in FRAMEWORKS, f"{rel} imports {name} at module level; {sub} must stay plain torch"
