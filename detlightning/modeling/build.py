@@ -30,11 +30,15 @@ def build_component(registry: Registry, node: Any, cfg: DictConfig, *args: Any, 
         params = OmegaConf.to_container(node, resolve=True)
         assert isinstance(params, dict)
         params.pop("name", None)
-        return instantiate(params, *args, **shape_kwargs)
+        if len(args) > 1:
+            raise TypeError(f"build_component: at most one positional shape argument (input_shape), got {len(args)}")
+        # d2-style builders pass input_shape positionally; a _target_ gets it by keyword
+        injected = {"input_shape": args[0]} if args else {}
+        return instantiate(params, **injected, **shape_kwargs)
     name = node.name if isinstance(node, DictConfig) else node
     if not isinstance(name, str) or not name:
         raise ValueError(
             f"config node must select a component with 'name: <registered name>' or '_target_: <import path>' "
-            f"(registry {registry._name!r}), got {node!r}"
+            f"(registry {registry.name!r}), got {node!r}"
         )
     return registry.get(name)(cfg, *args, **shape_kwargs)

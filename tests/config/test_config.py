@@ -14,11 +14,15 @@ def test_defaults_are_detectron2_defaults_for_fpn():
     assert cfg.model.rpn.in_features == ["p2", "p3", "p4", "p5", "p6"]
     assert cfg.model.roi_heads.name == "StandardROIHeads"
     assert cfg.input.format == "BGR"
+    # the built-in shapes dataset is the default data: 3 thing classes, small images
+    assert cfg.datasets.train == ["shapes_train"] and cfg.model.roi_heads.num_classes == 3
+    assert cfg.input.min_size_test == 256
 
 
 def test_groups_compose_like_model_zoo_files():
-    kp = get_cfg(["model=keypoint_rcnn", "backbone=resnet101"])
+    kp = get_cfg(["model=keypoint_rcnn", "backbone=resnet101", "data=coco_keypoints"])
     assert kp.model.keypoint_on and kp.model.roi_heads.num_classes == 1
+    assert kp.model.roi_keypoint_head.num_keypoints == 17 and kp.input.min_size_test == 800
     assert kp.model.rpn.post_nms_topk_train == 1500  # the model file wins over the backbone's Base-RCNN-FPN values
     assert kp.model.resnets.depth == 101
     x = get_cfg(["model=mask_rcnn", "backbone=resnext101_32x8d"])

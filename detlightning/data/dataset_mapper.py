@@ -1,0 +1,185 @@
+"""``DatasetMapper``: dataset dict (file names + annotations) -> model input dict (image tensor + Instances)."""
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from detlightning.config import configurable
+
+from . import detection_utils as utils
+from . import transforms as T
+
+__all__ = ["DatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetMapper:
+    """Map one dataset dict to what the model consumes, detectron2's default way:
+
+    1. read ``file_name`` in ``image_format`` and check its size against ``width``/``height``;
+    2. apply the augmentations to the image (and ``sem_seg_file_name``'s label map);
+    3. build ``image``: (C, H, W) uint8 tensor; ``sem_seg``: (H, W) int64 tensor; ``proposals`` from precomputed
+       proposals; in training, ``instances`` (gt_boxes, gt_classes, gt_masks, gt_keypoints) from the
+       transformed non-crowd annotations, without empty instances. In inference, annotations are removed.
+
+    ``skip_bad_samples=True`` (training only; a detlightning extension) turns an unreadable image, a size
+    mismatch or an invalid annotation into ``None`` — which ``MapDataset`` replaces with another sample — and
+    logs a warning naming the file, with a running count. Without it those raise, naming the file.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: Sequence[T.Augmentation | T.Transform],
+        image_format: str,
+        use_instance_mask: bool = False,
+        use_keypoint: bool = False,
+        instance_mask_format: str = "polygon",
+        keypoint_hflip_indices: np.ndarray | None = None,
+        precomputed_proposal_topk: int | None = None,
+        recompute_boxes: bool = False,
+        skip_bad_samples: bool = False,
+    ):
+        if recompute_boxes and not use_instance_mask:
+            raise ValueError("recompute_boxes requires instance masks (use_instance_mask=True)")
+        if instance_mask_format not in ("polygon", "bitmask"):
+            raise ValueError(f"instance_mask_format must be 'polygon' or 'bitmask', got {instance_mask_format!r}")
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.use_instance_mask = use_instance_mask
+        self.instance_mask_format = instance_mask_format
+        self.use_keypoint = use_keypoint
+        self.keypoint_hflip_indices = keypoint_hflip_indices
+        self.proposal_topk = precomputed_proposal_topk
+        self.recompute_boxes = recompute_boxes
+        self.skip_bad_samples = skip_bad_samples
+        self._num_skipped = 0
+        self._lock = threading.Lock()
+        mode = "training" if is_train else "inference"
+        logger.info("[DatasetMapper] Augmentations used in %s: %s", mode, self.augmentations)
+
+    @classmethod
+    def from_config(cls, cfg: Any, is_train: bool = True) -> dict[str, Any]:
+        augs = utils.build_augmentation(cfg, is_train)
+        sel = utils._cfg_select
+        if is_train and sel(cfg, "input.crop.enabled", False):
+            augs.insert(0, T.RandomCrop(sel(cfg, "input.crop.type"), sel(cfg, "input.crop.size")))
+            # d2-parity: a crop cuts masks, so the boxes are re-derived from the cropped masks.
+            recompute_boxes = bool(sel(cfg, "model.mask_on", False))
+        else:
+            recompute_boxes = False
+        ret: dict[str, Any] = {
+            "is_train": is_train,
+            "augmentations": augs,
+            "image_format": sel(cfg, "input.format", "BGR"),
+            "use_instance_mask": bool(sel(cfg, "model.mask_on", False)),
+            "instance_mask_format": sel(cfg, "input.mask_format", "polygon"),
+            "use_keypoint": bool(sel(cfg, "model.keypoint_on", False)),
+            "recompute_boxes": recompute_boxes,
+            "skip_bad_samples": bool(sel(cfg, "dataloader.skip_bad_samples", False)),
+        }
+        if ret["use_keypoint"]:
+            ret["keypoint_hflip_indices"] = utils.create_keypoint_hflip_indices(list(sel(cfg, "datasets.train")))
+        if sel(cfg, "model.load_proposals", False):
+            key = "datasets.precomputed_proposal_topk_train" if is_train else "datasets.precomputed_proposal_topk_test"
+            ret["precomputed_proposal_topk"] = int(sel(cfg, key))
+        return ret
+
+    @property
+    def num_skipped(self) -> int:
+        """How many samples this mapper (in this process) turned into None because they were bad."""
+        return self._num_skipped
+
+    def _transform_annotations(
+        self, dataset_dict: dict[str, Any], transforms: T.TransformList, image_shape: tuple[int, int]
+    ) -> None:
+        file_name = dataset_dict.get("file_name", "?")
+        for i, anno in enumerate(dataset_dict["annotations"]):
+            utils.validate_annotation(anno, file_name, i)
+            if not self.use_instance_mask:
+                anno.pop("segmentation", None)
+            if not self.use_keypoint:
+                anno.pop("keypoints", None)
+        annos = [
+            utils.transform_instance_annotations(
+                obj, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
+            for obj in dataset_dict.pop("annotations")
+            if obj.get("iscrowd", 0) == 0
+        ]
+        instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+        # A crop can shrink a mask well inside its box; a tight box around the mask is the better target.
+        if self.recompute_boxes:
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+
+    def _map(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
+        dataset_dict = copy.deepcopy(dataset_dict)  # the dict is modified below
+        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+
+        if "sem_seg_file_name" in dataset_dict:
+            sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+        else:
+            sem_seg_gt = None
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
+        transforms = self.augmentations(aug_input)
+        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
+
+        image_shape = image.shape[:2]  # (h, w)
+        # (H, W, C) -> (C, H, W); contiguous so the tensor shares no negative strides with a flipped array.
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg_gt is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
+
+        if self.proposal_topk is not None:
+            utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)
+
+        if not self.is_train:
+            # d2-parity: evaluators read annotations from the dataset itself, not from the mapped dicts.
+            dataset_dict.pop("annotations", None)
+            dataset_dict.pop("sem_seg_file_name", None)
+            return dataset_dict
+
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
+
+    def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
+        """dataset_dict: one dict in detectron2's dataset format -> the model input dict (or None when a bad
+        sample is skipped)."""
+        if not (self.skip_bad_samples and self.is_train):
+            return self._map(dataset_dict)
+        try:
+            return self._map(dataset_dict)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            with self._lock:
+                self._num_skipped += 1
+                count = self._num_skipped
+            logger.warning(
+                "Skipping bad sample %s (skip_bad_samples=True; %d skipped so far in this process): %s",
+                dataset_dict.get("file_name", "?"),
+                count,
+                e,
+            )
+            return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)  # locks do not pickle (data-loader workers)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

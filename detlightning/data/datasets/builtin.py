@@ -1,0 +1,150 @@
+"""Register the built-in datasets: COCO (2014/2017 instances, person keypoints, panoptic) under detectron2's names,
+and the generated "shapes" dataset.
+
+COCO is expected under ``$DETLIGHTNING_DATASETS`` (default ``./datasets``) with detectron2's layout
+(``coco/train2017``, ``coco/annotations/instances_train2017.json``, ...). Registration is free and does not
+look at the disk; loading a split whose files are missing raises FileNotFoundError naming the expected paths.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..catalog import DatasetCatalog
+from .builtin_meta import _get_builtin_metadata
+from .coco import register_coco_instances
+from .coco_panoptic import register_coco_panoptic, register_coco_panoptic_separated
+from .shapes import register_shapes
+
+__all__ = ["register_all_coco", "datasets_root"]
+
+_PREDEFINED_SPLITS_COCO: dict[str, dict[str, tuple[str, str]]] = {
+    "coco": {
+        "coco_2014_train": ("coco/train2014", "coco/annotations/instances_train2014.json"),
+        "coco_2014_val": ("coco/val2014", "coco/annotations/instances_val2014.json"),
+        "coco_2014_minival": ("coco/val2014", "coco/annotations/instances_minival2014.json"),
+        "coco_2014_valminusminival": ("coco/val2014", "coco/annotations/instances_valminusminival2014.json"),
+        "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
+        "coco_2017_val": ("coco/val2017", "coco/annotations/instances_val2017.json"),
+        "coco_2017_test": ("coco/test2017", "coco/annotations/image_info_test2017.json"),
+        "coco_2017_test-dev": ("coco/test2017", "coco/annotations/image_info_test-dev2017.json"),
+        "coco_2017_val_100": ("coco/val2017", "coco/annotations/instances_val2017_100.json"),
+    },
+    "coco_person": {
+        "keypoints_coco_2014_train": ("coco/train2014", "coco/annotations/person_keypoints_train2014.json"),
+        "keypoints_coco_2014_val": ("coco/val2014", "coco/annotations/person_keypoints_val2014.json"),
+        "keypoints_coco_2014_minival": ("coco/val2014", "coco/annotations/person_keypoints_minival2014.json"),
+        "keypoints_coco_2014_valminusminival": (
+            "coco/val2014",
+            "coco/annotations/person_keypoints_valminusminival2014.json",
+        ),
+        "keypoints_coco_2017_train": ("coco/train2017", "coco/annotations/person_keypoints_train2017.json"),
+        "keypoints_coco_2017_val": ("coco/val2017", "coco/annotations/person_keypoints_val2017.json"),
+        "keypoints_coco_2017_val_100": ("coco/val2017", "coco/annotations/person_keypoints_val2017_100.json"),
+    },
+}
+
+# prefix -> (panoptic PNG folder, panoptic json, Panoptic-FPN semantic folder made by prepare_panoptic_fpn.py)
+_PREDEFINED_SPLITS_COCO_PANOPTIC = {
+    "coco_2017_train_panoptic": (
+        "coco/panoptic_train2017",
+        "coco/annotations/panoptic_train2017.json",
+        "coco/panoptic_stuff_train2017",
+    ),
+    "coco_2017_val_panoptic": (
+        "coco/panoptic_val2017",
+        "coco/annotations/panoptic_val2017.json",
+        "coco/panoptic_stuff_val2017",
+    ),
+    "coco_2017_val_100_panoptic": (
+        "coco/panoptic_val2017_100",
+        "coco/annotations/panoptic_val2017_100.json",
+        "coco/panoptic_stuff_val2017_100",
+    ),
+}
+
+
+def datasets_root() -> str:
+    """``$DETLIGHTNING_DATASETS`` (default ``datasets``, relative to the working directory)."""
+    return os.path.expanduser(os.getenv("DETLIGHTNING_DATASETS", "datasets"))
+
+
+def _require_paths(name: str, loader: Callable[[], Any], **paths: str) -> Callable[[], Any]:
+    """Wrap a loader so that missing files give one error naming every expected path."""
+
+    def load() -> Any:
+        missing = {k: p for k, p in paths.items() if not os.path.exists(p)}
+        if missing:
+            listing = "\n".join(f"  {k}: {p}" for k, p in paths.items())
+            raise FileNotFoundError(
+                f"Dataset '{name}' is registered but its files are missing ({', '.join(missing)}). Expected:\n"
+                f"{listing}\nDownload COCO into $DETLIGHTNING_DATASETS/coco (now: {datasets_root()!r}) "
+                "with detectron2's layout, or set DETLIGHTNING_DATASETS."
+            )
+        return loader()
+
+    return load
+
+
+def register_all_coco(root: str) -> None:
+    """Register COCO's standard splits with paths under ``root``."""
+    for family, splits in _PREDEFINED_SPLITS_COCO.items():
+        for key, (image_root, json_file) in splits.items():
+            image_root = os.path.join(root, image_root)
+            json_file = os.path.join(root, json_file)
+            register_coco_instances(key, _get_builtin_metadata(family), json_file, image_root)
+            DatasetCatalog[key] = _require_paths(
+                key, DatasetCatalog[key], json_file=json_file, image_root=image_root
+            )
+
+    for prefix, (panoptic_root, panoptic_json, semantic_root) in _PREDEFINED_SPLITS_COCO_PANOPTIC.items():
+        instances_key = prefix[: -len("_panoptic")]
+        image_root, instances_json = _PREDEFINED_SPLITS_COCO["coco"][instances_key]
+        image_root = os.path.join(root, image_root)
+        instances_json = os.path.join(root, instances_json)
+        panoptic_root = os.path.join(root, panoptic_root)
+        panoptic_json = os.path.join(root, panoptic_json)
+        semantic_root = os.path.join(root, semantic_root)
+        register_coco_panoptic_separated(
+            prefix,
+            _get_builtin_metadata("coco_panoptic_separated"),
+            image_root,
+            panoptic_root,
+            panoptic_json,
+            semantic_root,
+            instances_json,
+        )
+        register_coco_panoptic(
+            prefix,
+            _get_builtin_metadata("coco_panoptic_standard"),
+            image_root,
+            panoptic_root,
+            panoptic_json,
+            instances_json,
+        )
+        common = {"image_root": image_root}
+        DatasetCatalog[prefix + "_separated"] = _require_paths(
+            prefix + "_separated",
+            DatasetCatalog[prefix + "_separated"],
+            instances_json=instances_json,
+            sem_seg_root=semantic_root,
+            **common,
+        )
+        DatasetCatalog[prefix + "_stuffonly"] = _require_paths(
+            prefix + "_stuffonly", DatasetCatalog[prefix + "_stuffonly"], sem_seg_root=semantic_root, **common
+        )
+        DatasetCatalog[prefix] = _require_paths(
+            prefix, DatasetCatalog[prefix], panoptic_json=panoptic_json, panoptic_root=panoptic_root, **common
+        )
+
+
+def _register_builtins() -> None:
+    # Importing twice (e.g. importlib.reload) must not fail on "already registered".
+    if "coco_2017_train" not in DatasetCatalog:
+        register_all_coco(datasets_root())
+    if "shapes_train" not in DatasetCatalog:
+        register_shapes()
+
+
+_register_builtins()

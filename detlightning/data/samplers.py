@@ -1,0 +1,241 @@
+"""Samplers that split work across processes themselves (rank and world size from ``torch.distributed`` when it is
+initialised, as under Lightning's DDP strategies), so the loaders built with them must not be re-sharded.
+
+- ``TrainingSampler``: an infinite stream of (shuffled) indices; rank r takes elements r, r + W, ...
+- ``RandomSubsetTrainingSampler``: the same on a fixed random subset.
+- ``RepeatFactorTrainingSampler``: images of rare categories repeat (LVIS-style), stochastic rounding per epoch.
+- ``InferenceSampler``: each index exactly once over all ranks, in contiguous shards.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data.sampler import Sampler
+
+__all__ = [
+    "TrainingSampler",
+    "RandomSubsetTrainingSampler",
+    "RepeatFactorTrainingSampler",
+    "InferenceSampler",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _rank_and_world_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shared_random_seed() -> int:
+    """A random int that is the same on every process (rank 0's draw, broadcast); a collective call."""
+    seed = int(np.random.randint(2**31))
+    _, world_size = _rank_and_world_size()
+    if world_size > 1:
+        device = torch.device("cpu")
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        t = torch.tensor([seed], dtype=torch.int64, device=device)
+        dist.broadcast(t, src=0)
+        seed = int(t.item())
+    return seed
+
+
+class TrainingSampler(Sampler[int]):
+    """Infinite indices in ``[0, size)``: epochs of ``randperm(size)`` (or ``arange`` without shuffle) from a
+    generator seeded with ``seed``, split across processes by taking every ``world_size``-th element.
+
+    All processes must use the same seed (None draws one shared seed). Determined entirely by ``(size,
+    shuffle, seed, rank, world_size)``.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool = True,
+        seed: int | None = None,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        """``rank`` / ``world_size`` default to torch.distributed's (0 / 1 when not initialised)."""
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"TrainingSampler(size=) expects an int, got {type(size).__name__}")
+        if size <= 0:
+            raise ValueError(f"TrainingSampler(size=) expects a positive int, got {size}")
+        self._size = size
+        self._shuffle = shuffle
+        self._seed = int(shared_random_seed() if seed is None else seed)
+        d_rank, d_world = _rank_and_world_size()
+        self._rank = d_rank if rank is None else rank
+        self._world_size = d_world if world_size is None else world_size
+        if not 0 <= self._rank < self._world_size:
+            raise ValueError(f"rank must be in [0, world_size={self._world_size}), got {self._rank}")
+
+    def __iter__(self) -> Iterator[int]:
+        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            if self._shuffle:
+                yield from torch.randperm(self._size, generator=g).tolist()
+            else:
+                yield from range(self._size)
+
+
+class RandomSubsetTrainingSampler(TrainingSampler):
+    """``TrainingSampler`` over a random subset of ``int(size * subset_ratio)`` indices, drawn once with
+    ``seed_subset``."""
+
+    def __init__(
+        self,
+        size: int,
+        subset_ratio: float,
+        shuffle: bool = True,
+        seed_shuffle: int | None = None,
+        seed_subset: int | None = None,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        super().__init__(size=size, shuffle=shuffle, seed=seed_shuffle, rank=rank, world_size=world_size)
+        if not 0.0 < subset_ratio <= 1.0:
+            raise ValueError(f"subset_ratio must be in (0, 1], got {subset_ratio}")
+        self._size_subset = int(size * subset_ratio)
+        if self._size_subset <= 0:
+            raise ValueError(f"size * subset_ratio = {size} * {subset_ratio} leaves no element")
+        seed_subset = int(shared_random_seed() if seed_subset is None else seed_subset)
+        g = torch.Generator()
+        g.manual_seed(seed_subset)
+        self._indexes_subset = torch.randperm(self._size, generator=g)[: self._size_subset]
+        logger.info("Using RandomSubsetTrainingSampler: %d of %d samples", self._size_subset, self._size)
+
+    def _infinite_indices(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            if self._shuffle:
+                randperm = torch.randperm(self._size_subset, generator=g)
+                yield from self._indexes_subset[randperm].tolist()
+            else:
+                yield from self._indexes_subset.tolist()
+
+
+class RepeatFactorTrainingSampler(Sampler[int]):
+    """Like ``TrainingSampler``, but image ``i`` appears ``repeat_factors[i]`` times per epoch on average
+    (``floor(r)`` times plus once more with probability ``r - floor(r)``, redrawn each epoch)."""
+
+    def __init__(
+        self,
+        repeat_factors: torch.Tensor,
+        *,
+        shuffle: bool = True,
+        seed: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        """repeat_factors: (N,) float tensor, each >= 0 (usually from ``repeat_factors_from_category_frequency``)."""
+        repeat_factors = torch.as_tensor(repeat_factors, dtype=torch.float32)
+        if repeat_factors.dim() != 1 or len(repeat_factors) == 0:
+            raise ValueError(f"repeat_factors must be a non-empty 1-D tensor, got shape {tuple(repeat_factors.shape)}")
+        if (repeat_factors < 0).any():
+            raise ValueError("repeat_factors must be non-negative")
+        self._shuffle = shuffle
+        self._seed = int(shared_random_seed() if seed is None else seed)
+        d_rank, d_world = _rank_and_world_size()
+        self._rank = d_rank if rank is None else rank
+        self._world_size = d_world if world_size is None else world_size
+        self._int_part = torch.trunc(repeat_factors)
+        self._frac_part = repeat_factors - self._int_part
+
+    @staticmethod
+    def repeat_factors_from_category_frequency(
+        dataset_dicts: Sequence[dict[str, Any]], repeat_thresh: float, sqrt: bool = True
+    ) -> torch.Tensor:
+        """(N,) float32 repeat factors: ``r_i = max over categories c in image i of max(1, t / f_c)`` (or
+        ``sqrt(t / f_c)`` with ``sqrt=True``), where ``f_c`` is the fraction of images containing ``c``."""
+        category_freq: dict[int, float] = defaultdict(int)
+        for dataset_dict in dataset_dicts:
+            cat_ids = {ann["category_id"] for ann in dataset_dict["annotations"]}
+            for cat_id in cat_ids:
+                category_freq[cat_id] += 1
+        num_images = len(dataset_dicts)
+        for k, v in category_freq.items():
+            category_freq[k] = v / num_images
+        category_rep = {
+            cat_id: max(1.0, math.sqrt(repeat_thresh / cat_freq) if sqrt else repeat_thresh / cat_freq)
+            for cat_id, cat_freq in category_freq.items()
+        }
+        for cat_id in sorted(category_rep):
+            logger.info("Cat ID %s: freq=%.2f, rep=%.2f", cat_id, category_freq[cat_id], category_rep[cat_id])
+        rep_factors = []
+        for dataset_dict in dataset_dicts:
+            cat_ids = {ann["category_id"] for ann in dataset_dict["annotations"]}
+            rep_factors.append(max({category_rep[cat_id] for cat_id in cat_ids}, default=1.0))
+        return torch.tensor(rep_factors, dtype=torch.float32)
+
+    def _get_epoch_indices(self, generator: torch.Generator) -> torch.Tensor:
+        """(M,) int64: each index repeated by its stochastically rounded factor."""
+        rands = torch.rand(len(self._frac_part), generator=generator)
+        rep_factors = self._int_part + (rands < self._frac_part).float()
+        return torch.repeat_interleave(torch.arange(len(rep_factors)), rep_factors.long())
+
+    def __iter__(self) -> Iterator[int]:
+        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            indices = self._get_epoch_indices(g)
+            if len(indices) == 0:
+                raise ValueError("RepeatFactorTrainingSampler: every repeat factor rounded to 0 in this epoch")
+            if self._shuffle:
+                randperm = torch.randperm(len(indices), generator=g)
+                yield from indices[randperm].tolist()
+            else:
+                yield from indices.tolist()
+
+
+class InferenceSampler(Sampler[int]):
+    """Each index of ``[0, size)`` exactly once across processes: rank r gets a contiguous shard, the first
+    ``size % world_size`` shards one element longer. Shards may be empty when ``size < world_size``."""
+
+    def __init__(self, size: int, *, rank: int | None = None, world_size: int | None = None):
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"InferenceSampler(size=) expects an int, got {type(size).__name__}")
+        if size <= 0:
+            raise ValueError(f"InferenceSampler(size=) expects a positive int, got {size}")
+        self._size = size
+        d_rank, d_world = _rank_and_world_size()
+        self._rank = d_rank if rank is None else rank
+        self._world_size = d_world if world_size is None else world_size
+        if not 0 <= self._rank < self._world_size:
+            raise ValueError(f"rank must be in [0, world_size={self._world_size}), got {self._rank}")
+        self._local_indices = self._get_local_indices(size, self._world_size, self._rank)
+
+    @staticmethod
+    def _get_local_indices(total_size: int, world_size: int, rank: int) -> range:
+        shard_size = total_size // world_size
+        left = total_size % world_size
+        shard_sizes = [shard_size + int(r < left) for r in range(world_size)]
+        begin = sum(shard_sizes[:rank])
+        end = min(sum(shard_sizes[: rank + 1]), total_size)
+        return range(begin, end)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._local_indices
+
+    def __len__(self) -> int:
+        return len(self._local_indices)

@@ -1,0 +1,45 @@
+"""Augmentations and transforms that apply consistently to images, boxes, polygons, keypoints and segmentation.
+
+``from detectron2.data import transforms as T`` ports as ``from detlightning.data import transforms as T``.
+"""
+from .augmentation import (
+    AugInput,
+    Augmentation,
+    AugmentationList,
+    StandardAugInput,
+    TransformGen,
+    apply_augmentations,
+    apply_transform_gens,
+)
+from .augmentation_impl import (
+    FixedSizeCrop,
+    RandomApply,
+    RandomBrightness,
+    RandomContrast,
+    RandomCrop,
+    RandomExtent,
+    RandomFlip,
+    RandomLighting,
+    RandomRotation,
+    RandomSaturation,
+    Resize,
+    ResizeScale,
+    ResizeShortestEdge,
+)
+from .transform import (
+    BlendTransform,
+    ColorTransform,
+    CropTransform,
+    ExtentTransform,
+    HFlipTransform,
+    NoOpTransform,
+    PadTransform,
+    PILColorTransform,
+    ResizeTransform,
+    RotationTransform,
+    Transform,
+    TransformList,
+    VFlipTransform,
+)
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
