@@ -1,0 +1,638 @@
+"""ROI heads: match and sample proposals (training), pool per-region features and run the box/mask/keypoint heads.
+
+:class:`StandardROIHeads` (FPN and C5 models) gives each task its own pooler and head; :class:`Res5ROIHeads` (C4
+models) shares one pooler and a per-ROI res5 stage between the box predictor and the mask head.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...config import configurable
+from ...layers import ShapeSpec, nonzero_tuple
+from ...structures import Boxes, ImageList, Instances, pairwise_iou
+from ...utils.events import get_event_storage
+from ..backbone.resnet import BottleneckBlock, ResNet
+from ..build import build_component
+from ..matcher import Matcher
+from ..poolers import ROIPooler
+from ..proposal_generator.proposal_utils import add_ground_truth_to_proposals
+from ..registry import ROI_HEADS_REGISTRY
+from ..sampling import subsample_labels
+from .box_head import build_box_head
+from .fast_rcnn import FastRCNNOutputLayers
+from .keypoint_head import build_keypoint_head
+from .mask_head import build_mask_head
+
+__all__ = [
+    "ROI_HEADS_REGISTRY",
+    "ROIHeads",
+    "Res5ROIHeads",
+    "StandardROIHeads",
+    "build_roi_heads",
+    "select_foreground_proposals",
+    "select_proposals_with_visible_keypoints",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module:
+    """The ROI heads selected by ``cfg.model.roi_heads`` (``name`` in ROI_HEADS_REGISTRY or ``_target_``)."""
+    return build_component(ROI_HEADS_REGISTRY, cfg.model.roi_heads, cfg, input_shape)
+
+
+def select_foreground_proposals(
+    proposals: list[Instances], bg_label: int
+) -> tuple[list[Instances], list[torch.Tensor]]:
+    """Keep the proposals whose ``gt_classes`` is neither ignored (-1) nor background (``bg_label``).
+
+    Returns per image the kept proposals and the (Ri,) bool selection mask.
+    """
+    if not isinstance(proposals, (list, tuple)) or not proposals or not isinstance(proposals[0], Instances):
+        raise TypeError("select_foreground_proposals expects a non-empty list of Instances")
+    if not proposals[0].has("gt_classes"):
+        raise ValueError("select_foreground_proposals: proposals need a 'gt_classes' field")
+    fg_proposals = []
+    fg_selection_masks = []
+    for proposals_per_image in proposals:
+        gt_classes = proposals_per_image.gt_classes
+        fg_selection_mask = (gt_classes != -1) & (gt_classes != bg_label)
+        fg_idxs = fg_selection_mask.nonzero().squeeze(1)
+        fg_proposals.append(proposals_per_image[fg_idxs])
+        fg_selection_masks.append(fg_selection_mask)
+    return fg_proposals, fg_selection_masks
+
+
+def select_proposals_with_visible_keypoints(proposals: list[Instances]) -> list[Instances]:
+    """Keep the proposals with at least one visible (v >= 1) ground-truth keypoint inside the proposal box.
+
+    proposals: per image, foreground proposals with ``proposal_boxes`` and ``gt_keypoints`` (Keypoints, (N, K, 3)).
+    Images without proposals pass through unchanged. Puts ``keypoint_head/num_fg_samples`` into the storage.
+
+    Unlike Detectron (which re-samples among IoU-positive proposals with a visible keypoint), proposals are
+    sampled first and filtered afterwards, as detectron2 does.
+    """
+    ret = []
+    all_num_fg = []
+    for proposals_per_image in proposals:
+        if len(proposals_per_image) == 0:
+            ret.append(proposals_per_image)
+            continue
+        gt_keypoints = proposals_per_image.gt_keypoints.tensor  # (N, K, 3)
+        vis_mask = gt_keypoints[:, :, 2] >= 1
+        xs, ys = gt_keypoints[:, :, 0], gt_keypoints[:, :, 1]
+        boxes = proposals_per_image.proposal_boxes.tensor.unsqueeze(dim=1)  # (N, 1, 4)
+        kp_in_box = (
+            (xs >= boxes[:, :, 0]) & (xs <= boxes[:, :, 2]) & (ys >= boxes[:, :, 1]) & (ys <= boxes[:, :, 3])
+        )
+        selection_idxs = nonzero_tuple((kp_in_box & vis_mask).any(dim=1))[0]
+        all_num_fg.append(selection_idxs.numel())
+        ret.append(proposals_per_image[selection_idxs])
+
+    get_event_storage().put_scalar("keypoint_head/num_fg_samples", np.mean(all_num_fg))
+    return ret
+
+
+class ROIHeads(nn.Module):
+    """Base of the ROI heads: proposal/ground-truth matching and fg/bg sampling for training.
+
+    Subclasses implement ``forward(images, features, proposals, targets=None) -> (instances, losses)``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        batch_size_per_image: int,
+        positive_fraction: float,
+        proposal_matcher: Matcher,
+        proposal_append_gt: bool = True,
+    ) -> None:
+        """
+        Args:
+            num_classes: number of foreground classes K (background is label K).
+            batch_size_per_image: proposals sampled per image for training.
+            positive_fraction: at most this fraction of the sample is foreground.
+            proposal_matcher: assigns each proposal to a ground-truth box (or background / ignore).
+            proposal_append_gt: add the ground-truth boxes to the proposals before matching.
+        """
+        super().__init__()
+        self.batch_size_per_image = batch_size_per_image
+        self.positive_fraction = positive_fraction
+        self.num_classes = num_classes
+        self.proposal_matcher = proposal_matcher
+        self.proposal_append_gt = proposal_append_gt
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        roi = cfg.model.roi_heads
+        return {
+            "batch_size_per_image": roi.batch_size_per_image,
+            "positive_fraction": roi.positive_fraction,
+            "num_classes": roi.num_classes,
+            "proposal_append_gt": roi.proposal_append_gt,
+            "proposal_matcher": Matcher(
+                list(roi.iou_thresholds), list(roi.iou_labels), allow_low_quality_matches=False
+            ),
+        }
+
+    def _sample_proposals(
+        self, matched_idxs: torch.Tensor, matched_labels: torch.Tensor, gt_classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample proposals and give them classification labels.
+
+        Args:
+            matched_idxs: (N,) index in [0, M) of each proposal's best ground truth.
+            matched_labels: (N,) the matcher's label (0 background, -1 ignore, 1 foreground).
+            gt_classes: (M,) ground-truth classes.
+
+        Returns:
+            (S,) indices of the sampled proposals (foreground first) and their (S,) labels in [0, K]
+            (K = background).
+        """
+        has_gt = gt_classes.numel() > 0
+        if has_gt:
+            gt_classes = gt_classes[matched_idxs]
+            gt_classes[matched_labels == 0] = self.num_classes
+            gt_classes[matched_labels == -1] = -1
+        else:
+            gt_classes = torch.zeros_like(matched_idxs) + self.num_classes
+
+        sampled_fg_idxs, sampled_bg_idxs = subsample_labels(
+            gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes
+        )
+        sampled_idxs = torch.cat([sampled_fg_idxs, sampled_bg_idxs], dim=0)
+        return sampled_idxs, gt_classes[sampled_idxs]
+
+    @torch.no_grad()
+    def label_and_sample_proposals(self, proposals: list[Instances], targets: list[Instances]) -> list[Instances]:
+        """Match proposals to ground truth and sample ``batch_size_per_image`` of them per image.
+
+        Args:
+            proposals: per image, ``proposal_boxes`` (+ ``objectness_logits``).
+            targets: per image, ``gt_boxes``, ``gt_classes`` and optionally ``gt_masks``, ``gt_keypoints``...
+
+        Returns:
+            per image the sampled proposals with ``gt_classes`` (K for background) and, when the image has
+            ground truth, every ``gt_*`` field of its targets indexed by the matched ground truth (for background
+            proposals that box is meaningless). Images without ground truth get no ``gt_*`` field besides
+            ``gt_classes``. Puts ``roi_head/num_fg_samples`` and ``num_bg_samples`` into the event storage.
+        """
+        # With random RPN weights early in training, few proposals overlap the ground truth; adding the ground-truth
+        # boxes guarantees the second stage some positives from the first iteration.
+        if self.proposal_append_gt:
+            proposals = add_ground_truth_to_proposals([x.gt_boxes for x in targets], proposals)
+
+        proposals_with_gt = []
+        num_fg_samples = []
+        num_bg_samples = []
+        for proposals_per_image, targets_per_image in zip(proposals, targets):
+            has_gt = len(targets_per_image) > 0
+            match_quality_matrix = pairwise_iou(targets_per_image.gt_boxes, proposals_per_image.proposal_boxes)
+            matched_idxs, matched_labels = self.proposal_matcher(match_quality_matrix)
+            sampled_idxs, gt_classes = self._sample_proposals(
+                matched_idxs, matched_labels, targets_per_image.gt_classes
+            )
+
+            proposals_per_image = proposals_per_image[sampled_idxs]
+            proposals_per_image.gt_classes = gt_classes
+
+            if has_gt:
+                sampled_targets = matched_idxs[sampled_idxs]
+                # copy every gt_* field not set yet; mask/keypoint heads filter to foreground again later
+                for trg_name, trg_value in targets_per_image.get_fields().items():
+                    if trg_name.startswith("gt_") and not proposals_per_image.has(trg_name):
+                        proposals_per_image.set(trg_name, trg_value[sampled_targets])
+
+            num_bg_samples.append((gt_classes == self.num_classes).sum().item())
+            num_fg_samples.append(gt_classes.numel() - num_bg_samples[-1])
+            proposals_with_gt.append(proposals_per_image)
+
+        storage = get_event_storage()
+        storage.put_scalar("roi_head/num_fg_samples", np.mean(num_fg_samples))
+        storage.put_scalar("roi_head/num_bg_samples", np.mean(num_bg_samples))
+        return proposals_with_gt
+
+    def forward(
+        self,
+        images: ImageList,
+        features: dict[str, torch.Tensor],
+        proposals: list[Instances],
+        targets: list[Instances] | None = None,
+    ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
+        """
+        Args:
+            images: the batch (unused by the standard heads).
+            features: feature maps by name, each (N, C, Hi, Wi).
+            proposals: per image, ``proposal_boxes`` and ``objectness_logits``.
+            targets: per image ground truth (``gt_boxes``, ``gt_classes``, optional ``gt_masks``,
+                ``gt_keypoints``); training only.
+
+        Returns:
+            per image the detected instances (inference; may be empty or the sampled proposals in training),
+            and the dict of losses (training; empty in inference).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement forward()")
+
+
+@ROI_HEADS_REGISTRY.register()
+class Res5ROIHeads(ROIHeads):
+    """C4 ROI heads (ResNet paper, appendix A): pool on res4, run the res5 stage per ROI, and share that feature
+    between the box predictor (after global average pooling) and the mask head."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_features: list[str],
+        pooler: ROIPooler,
+        res5: nn.Module,
+        box_predictor: nn.Module,
+        mask_head: nn.Module | None = None,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            in_features: the single feature map to pool from (e.g. ["res4"]).
+            pooler: extracts per-ROI features from it.
+            res5: per-ROI network (a list of blocks is wrapped in ``nn.Sequential``).
+            box_predictor: :class:`FastRCNNOutputLayers`-like predictor on the pooled res5 output.
+            mask_head: optional mask head on the res5 output.
+            kwargs: :class:`ROIHeads` arguments.
+        """
+        super().__init__(**kwargs)
+        self.in_features = list(in_features)
+        self.pooler = pooler
+        if isinstance(res5, (list, tuple)):
+            res5 = nn.Sequential(*res5)
+        self.res5 = res5
+        self.box_predictor = box_predictor
+        self.mask_on = mask_head is not None
+        if self.mask_on:
+            self.mask_head = mask_head
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        ret = super().from_config(cfg)
+        in_features = ret["in_features"] = list(cfg.model.roi_heads.in_features)
+        box_head = cfg.model.roi_box_head
+        pooler_resolution = box_head.pooler_resolution
+        if cfg.model.keypoint_on:
+            raise ValueError("Res5ROIHeads has no keypoint head; use StandardROIHeads when model.keypoint_on is true")
+        if len(in_features) != 1:
+            raise ValueError(f"Res5ROIHeads pools from exactly one feature map, got in_features={in_features}")
+        _check_features(in_features, input_shape, "Res5ROIHeads")
+
+        ret["pooler"] = ROIPooler(
+            output_size=pooler_resolution,
+            scales=(1.0 / input_shape[in_features[0]].stride,),
+            sampling_ratio=box_head.pooler_sampling_ratio,
+            pooler_type=box_head.pooler_type,
+        )
+        if not inspect.ismethod(cls._build_res5_block):
+            # a subclass overrode it as a plain method (old detectron2 style): bind it to the class
+            logger.warning("_build_res5_block should be a classmethod; its behaviour may change")
+            cls._build_res5_block = classmethod(cls._build_res5_block)
+        ret["res5"], out_channels = cls._build_res5_block(cfg)
+        ret["box_predictor"] = FastRCNNOutputLayers(cfg, ShapeSpec(channels=out_channels, height=1, width=1))
+        if cfg.model.mask_on:
+            ret["mask_head"] = build_mask_head(
+                cfg, ShapeSpec(channels=out_channels, width=pooler_resolution, height=pooler_resolution)
+            )
+        return ret
+
+    @classmethod
+    def _build_res5_block(cls, cfg) -> tuple[nn.Sequential, int]:
+        """The res5 stage (3 bottleneck blocks, first with stride 2) from ``cfg.model.resnets``; returns it and its
+        output channels."""
+        resnets = cfg.model.resnets
+        stage_channel_factor = 2**3  # res5 has 8x the channels of res2
+        num_groups = resnets.num_groups
+        bottleneck_channels = num_groups * resnets.width_per_group * stage_channel_factor
+        out_channels = resnets.res2_out_channels * stage_channel_factor
+        if resnets.deform_on_per_stage[-1]:
+            raise ValueError("Res5ROIHeads: deformable convolutions are not supported in the res5 head")
+        blocks = ResNet.make_stage(
+            BottleneckBlock,
+            3,
+            stride_per_block=[2, 1, 1],
+            in_channels=out_channels // 2,
+            bottleneck_channels=bottleneck_channels,
+            out_channels=out_channels,
+            num_groups=num_groups,
+            norm=resnets.norm,
+            stride_in_1x1=resnets.stride_in_1x1,
+        )
+        return nn.Sequential(*blocks), out_channels
+
+    def _shared_roi_transform(self, features: list[torch.Tensor], boxes: list[Boxes]) -> torch.Tensor:
+        """Pool ``boxes`` from ``features`` and run res5: (R, C_out, S/2, S/2)."""
+        return self.res5(self.pooler(features, boxes))
+
+    def forward(
+        self,
+        images: ImageList,
+        features: dict[str, torch.Tensor],
+        proposals: list[Instances],
+        targets: list[Instances] | None = None,
+    ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
+        """See :meth:`ROIHeads.forward`. Training returns ``([], losses)``."""
+        del images
+        if self.training:
+            if not targets:
+                raise ValueError("Res5ROIHeads: 'targets' is required in training")
+            proposals = self.label_and_sample_proposals(proposals, targets)
+        del targets
+
+        proposal_boxes = [x.proposal_boxes for x in proposals]
+        box_features = self._shared_roi_transform([features[f] for f in self.in_features], proposal_boxes)
+        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
+
+        if self.training:
+            del features
+            losses = self.box_predictor.losses(predictions, proposals)
+            if self.mask_on:
+                proposals, fg_selection_masks = select_foreground_proposals(proposals, self.num_classes)
+                # the res5 features are shared: the mask head reuses the foreground rows instead of pooling again
+                mask_features = box_features[torch.cat(fg_selection_masks, dim=0)]
+                del box_features
+                losses.update(self.mask_head(mask_features, proposals))
+            return [], losses
+
+        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        return pred_instances, {}
+
+    def forward_with_given_boxes(
+        self, features: dict[str, torch.Tensor], instances: list[Instances]
+    ) -> list[Instances]:
+        """Add ``pred_masks`` (when mask_on) to ``instances`` (with ``pred_boxes``, ``pred_classes``); inference
+        only."""
+        if self.training:
+            raise RuntimeError("forward_with_given_boxes is for inference; call model.eval() first")
+        if not (instances[0].has("pred_boxes") and instances[0].has("pred_classes")):
+            raise ValueError("forward_with_given_boxes: instances need 'pred_boxes' and 'pred_classes'")
+        if self.mask_on:
+            feature_list = [features[f] for f in self.in_features]
+            x = self._shared_roi_transform(feature_list, [x.pred_boxes for x in instances])
+            return self.mask_head(x, instances)
+        return instances
+
+
+def _check_features(in_features: list[str], input_shape: dict[str, ShapeSpec], who: str) -> None:
+    missing = [f for f in in_features if f not in input_shape]
+    if missing:
+        raise KeyError(f"{who}: in_features {missing} not among the backbone outputs {sorted(input_shape)}")
+
+
+def _make_pooler(cfg_head, in_features: list[str], input_shape: dict[str, ShapeSpec]) -> ROIPooler | None:
+    """A pooler from a head's config node (pooler_resolution / _sampling_ratio / _type); None for an empty type."""
+    if not cfg_head.pooler_type:
+        return None
+    return ROIPooler(
+        output_size=cfg_head.pooler_resolution,
+        scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+        sampling_ratio=cfg_head.pooler_sampling_ratio,
+        pooler_type=cfg_head.pooler_type,
+    )
+
+
+@ROI_HEADS_REGISTRY.register()
+class StandardROIHeads(ROIHeads):
+    """ROI heads where each task (box, mask, keypoint) has its own pooler and head; used by FPN and C5 models.
+
+    Subclass it and override a ``_forward_*`` or an ``_init_*_head`` classmethod to change one branch.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        box_in_features: list[str],
+        box_pooler: ROIPooler,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        mask_in_features: list[str] | None = None,
+        mask_pooler: ROIPooler | None = None,
+        mask_head: nn.Module | None = None,
+        keypoint_in_features: list[str] | None = None,
+        keypoint_pooler: ROIPooler | None = None,
+        keypoint_head: nn.Module | None = None,
+        train_on_pred_boxes: bool = False,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            box_in_features: feature maps the box pooler reads.
+            box_pooler: per-ROI feature extraction for the box head.
+            box_head: per-ROI feature transform (e.g. :class:`FastRCNNConvFCHead`).
+            box_predictor: :class:`FastRCNNOutputLayers`-like predictor on the box head's output.
+            mask_in_features: feature maps of the mask branch; None disables it.
+            mask_pooler: per-ROI features for the mask head; None hands the head the feature dict instead.
+            mask_head: the mask head.
+            keypoint_in_features, keypoint_pooler, keypoint_head: the same for the keypoint branch.
+            train_on_pred_boxes: train the mask/keypoint heads on the box head's refined boxes instead of the
+                proposals.
+            kwargs: :class:`ROIHeads` arguments.
+        """
+        super().__init__(**kwargs)
+        # in_features: the older name, kept for code that reads it
+        self.in_features = self.box_in_features = list(box_in_features)
+        self.box_pooler = box_pooler
+        self.box_head = box_head
+        self.box_predictor = box_predictor
+
+        self.mask_on = mask_in_features is not None
+        if self.mask_on:
+            self.mask_in_features = list(mask_in_features)
+            self.mask_pooler = mask_pooler
+            self.mask_head = mask_head
+
+        self.keypoint_on = keypoint_in_features is not None
+        if self.keypoint_on:
+            self.keypoint_in_features = list(keypoint_in_features)
+            self.keypoint_pooler = keypoint_pooler
+            self.keypoint_head = keypoint_head
+
+        self.train_on_pred_boxes = train_on_pred_boxes
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        ret = super().from_config(cfg)
+        ret["train_on_pred_boxes"] = cfg.model.roi_box_head.train_on_pred_boxes
+        # A subclass may override _init_*_head as a plain method (old style); those are not bound classmethods and
+        # the subclass calls them itself.
+        if inspect.ismethod(cls._init_box_head):
+            ret.update(cls._init_box_head(cfg, input_shape))
+        if inspect.ismethod(cls._init_mask_head):
+            ret.update(cls._init_mask_head(cfg, input_shape))
+        if inspect.ismethod(cls._init_keypoint_head):
+            ret.update(cls._init_keypoint_head(cfg, input_shape))
+        return ret
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        in_features = list(cfg.model.roi_heads.in_features)
+        _check_features(in_features, input_shape, "StandardROIHeads")
+        head_cfg = cfg.model.roi_box_head
+        pooler_resolution = head_cfg.pooler_resolution
+        # one box head serves all levels, so all levels must have the same channel count
+        in_channels = {input_shape[f].channels for f in in_features}
+        if len(in_channels) != 1:
+            raise ValueError(
+                f"StandardROIHeads: in_features {in_features} must have equal channels, got "
+                f"{[input_shape[f].channels for f in in_features]}"
+            )
+        (channels,) = in_channels
+        box_pooler = ROIPooler(
+            output_size=pooler_resolution,
+            scales=tuple(1.0 / input_shape[k].stride for k in in_features),
+            sampling_ratio=head_cfg.pooler_sampling_ratio,
+            pooler_type=head_cfg.pooler_type,
+        )
+        box_head = build_box_head(
+            cfg, ShapeSpec(channels=channels, height=pooler_resolution, width=pooler_resolution)
+        )
+        box_predictor = FastRCNNOutputLayers(cfg, box_head.output_shape)
+        return {
+            "box_in_features": in_features,
+            "box_pooler": box_pooler,
+            "box_head": box_head,
+            "box_predictor": box_predictor,
+        }
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        if not cfg.model.mask_on:
+            return {}
+        return _init_pooled_head(cfg.model.roi_mask_head, "mask", build_mask_head, cfg, input_shape)
+
+    @classmethod
+    def _init_keypoint_head(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        if not cfg.model.keypoint_on:
+            return {}
+        return _init_pooled_head(cfg.model.roi_keypoint_head, "keypoint", build_keypoint_head, cfg, input_shape)
+
+    def forward(
+        self,
+        images: ImageList,
+        features: dict[str, torch.Tensor],
+        proposals: list[Instances],
+        targets: list[Instances] | None = None,
+    ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
+        """See :meth:`ROIHeads.forward`. Training returns the sampled proposals and the losses."""
+        del images
+        if self.training:
+            if not targets:
+                raise ValueError("StandardROIHeads: 'targets' is required in training")
+            proposals = self.label_and_sample_proposals(proposals, targets)
+        del targets
+
+        if self.training:
+            losses = self._forward_box(features, proposals)
+            # with train_on_pred_boxes, _forward_box has replaced proposal_boxes by the predicted boxes
+            losses.update(self._forward_mask(features, proposals))
+            losses.update(self._forward_keypoint(features, proposals))
+            return proposals, losses
+
+        pred_instances = self._forward_box(features, proposals)
+        # cascaded inference: masks and keypoints only for the final detections
+        pred_instances = self.forward_with_given_boxes(features, pred_instances)
+        return pred_instances, {}
+
+    def forward_with_given_boxes(
+        self, features: dict[str, torch.Tensor], instances: list[Instances]
+    ) -> list[Instances]:
+        """Run the mask / keypoint branches on known boxes (``pred_boxes``, ``pred_classes``); inference only.
+
+        Returns the same Instances objects with ``pred_masks`` / ``pred_keypoints`` added.
+        """
+        if self.training:
+            raise RuntimeError("forward_with_given_boxes is for inference; call model.eval() first")
+        if not (instances[0].has("pred_boxes") and instances[0].has("pred_classes")):
+            raise ValueError("forward_with_given_boxes: instances need 'pred_boxes' and 'pred_classes'")
+        instances = self._forward_mask(features, instances)
+        instances = self._forward_keypoint(features, instances)
+        return instances
+
+    def _forward_box(self, features: dict[str, torch.Tensor], proposals: list[Instances]):
+        """Box branch. Training: the box losses (and, with ``train_on_pred_boxes``, ``proposal_boxes`` replaced by
+        the predicted boxes of the gt class); inference: per image the detected Instances."""
+        feature_list = [features[f] for f in self.box_in_features]
+        box_features = self.box_pooler(feature_list, [x.proposal_boxes for x in proposals])
+        box_features = self.box_head(box_features)
+        predictions = self.box_predictor(box_features)
+        del box_features
+
+        if self.training:
+            losses = self.box_predictor.losses(predictions, proposals)
+            # the losses read proposal_boxes, so they must be computed before proposals are modified
+            if self.train_on_pred_boxes:
+                with torch.no_grad():
+                    pred_boxes = self.box_predictor.predict_boxes_for_gt_classes(predictions, proposals)
+                    for proposals_per_image, pred_boxes_per_image in zip(proposals, pred_boxes):
+                        proposals_per_image.proposal_boxes = Boxes(pred_boxes_per_image)
+            return losses
+        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
+        return pred_instances
+
+    def _forward_mask(self, features: dict[str, torch.Tensor], instances: list[Instances]):
+        """Mask branch on foreground proposals (training: ``{"loss_mask"}``) or on ``pred_boxes`` (inference:
+        ``instances`` with ``pred_masks``)."""
+        if not self.mask_on:
+            return {} if self.training else instances
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+        return self.mask_head(self._pool(features, instances, self.mask_in_features, self.mask_pooler), instances)
+
+    def _forward_keypoint(self, features: dict[str, torch.Tensor], instances: list[Instances]):
+        """Keypoint branch on foreground proposals with a visible keypoint (training: ``{"loss_keypoint"}``) or on
+        ``pred_boxes`` (inference: ``instances`` with ``pred_keypoints``, ``pred_keypoint_heatmaps``)."""
+        if not self.keypoint_on:
+            return {} if self.training else instances
+        if self.training:
+            instances, _ = select_foreground_proposals(instances, self.num_classes)
+            instances = select_proposals_with_visible_keypoints(instances)
+        return self.keypoint_head(
+            self._pool(features, instances, self.keypoint_in_features, self.keypoint_pooler), instances
+        )
+
+    def _pool(
+        self,
+        features: dict[str, torch.Tensor],
+        instances: list[Instances],
+        in_features: list[str],
+        pooler: ROIPooler | None,
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Pooled ROI features for proposals (training) / predicted boxes (inference); without a pooler, the dict
+        of the branch's feature maps for the head to crop itself."""
+        if pooler is None:
+            return {f: features[f] for f in in_features}
+        boxes = [x.proposal_boxes if self.training else x.pred_boxes for x in instances]
+        return pooler([features[f] for f in in_features], boxes)
+
+
+def _init_pooled_head(cfg_head, branch: str, build_head, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+    """Config -> ``{branch}_in_features``, ``{branch}_pooler`` and ``{branch}_head`` for the mask / keypoint
+    branches (an empty ``pooler_type`` means no pooler: the head gets the feature maps and their shapes)."""
+    in_features = list(cfg.model.roi_heads.in_features)
+    _check_features(in_features, input_shape, "StandardROIHeads")
+    pooler = _make_pooler(cfg_head, in_features, input_shape)
+    if pooler is not None:
+        resolution = cfg_head.pooler_resolution
+        shape: ShapeSpec | dict[str, ShapeSpec] = ShapeSpec(
+            channels=input_shape[in_features[0]].channels, width=resolution, height=resolution
+        )
+    else:
+        shape = {f: input_shape[f] for f in in_features}
+    return {
+        f"{branch}_in_features": in_features,
+        f"{branch}_pooler": pooler,
+        f"{branch}_head": build_head(cfg, shape),
+    }
