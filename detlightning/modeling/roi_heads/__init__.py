@@ -28,3 +28,8 @@ from .roi_heads import (
 )
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]
+
+# issue 4: Cascade R-CNN (importing registers it; __all__ above was computed before this line)
+from .cascade_rcnn import CascadeROIHeads  # noqa: E402
+
+__all__ += ["CascadeROIHeads"]

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Speed benchmarks. Targets live here, never in unit tests.
+
+    python scripts/benchmark.py rcnn [--runs 5] [--warmup 1] [--size 800] [--skip-train]
+        Mask R-CNN R50-FPN (random init) CPU inference seconds/image and training seconds/iteration, beside
+        torchvision's maskrcnn_resnet50_fpn on the same input in the same run. Target: inference <= 0.8x and
+        training <= 1.0x torchvision's time.
+    python scripts/benchmark.py loader [--iters 50]
+        Images/second of the training data loader on the built-in shapes dataset.
+
+Each figure is the median of ``--runs`` timed runs after ``--warmup`` untimed ones.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _median_time(fn: Callable[[], object], runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _synthetic_sample(height: int, width: int, num_boxes: int = 4, seed: int = 0):
+    """A smooth random BGR uint8 image and ``num_boxes`` boxes with box-filling masks."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, height // 32, width // 32, generator=g)
+    image = (torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear")[0] * 255).to(torch.uint8)
+    xy = torch.rand(num_boxes, 2, generator=g) * torch.tensor([width * 0.6, height * 0.6])
+    wh = 40 + torch.rand(num_boxes, 2, generator=g) * torch.tensor([width * 0.3, height * 0.3])
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    masks = torch.zeros(num_boxes, height, width, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes.round().long().tolist()):
+        masks[i, y0:y1, x0:x1] = True
+    classes = torch.randint(0, 80, (num_boxes,), generator=g)
+    return image, boxes, masks, classes
+
+
+def bench_rcnn(args: argparse.Namespace) -> None:
+    import torchvision
+
+    from detlightning.config import get_cfg
+    from detlightning.modeling import build_model
+    from detlightning.structures import BitMasks, Boxes, Instances
+    from detlightning.utils.events import EventStorage
+
+    torch.manual_seed(0)
+    h, w = args.size, int(args.size * 4 / 3)
+    image, boxes, masks, classes = _synthetic_sample(h, w)
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, threads {torch.get_num_threads()}, "
+          f"input {h}x{w}")
+
+    cfg = get_cfg(["model=mask_rcnn", "backbone=resnet50", "model.device=cpu"])
+    ours = build_model(cfg)
+    tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+    # same input for both: torchvision takes RGB floats in [0, 1] and resizes to min_size=800 itself
+    tv_image = image.flip(0).float() / 255.0
+
+    results = {}
+    ours.eval()
+    tv.eval()
+    with torch.no_grad():
+        results["ours_infer"] = _median_time(lambda: ours([{"image": image}]), args.runs, args.warmup)
+        results["tv_infer"] = _median_time(lambda: tv([tv_image]), args.runs, args.warmup)
+    print(f"inference s/image: detlightning {results['ours_infer']:.3f}  torchvision {results['tv_infer']:.3f}  "
+          f"ratio {results['ours_infer'] / results['tv_infer']:.2f} (target <= 0.80)")
+
+    if args.skip_train:
+        return
+    inst = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes, gt_masks=BitMasks(masks))
+    batch = [{"image": image, "instances": inst}]
+    tv_target = [{"boxes": boxes, "labels": classes + 1, "masks": masks.to(torch.uint8)}]
+    ours.train()
+    tv.train()
+    opt_ours = torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    opt_tv = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+    def step_ours() -> None:
+        with EventStorage():
+            loss = sum(ours(batch).values())
+        opt_ours.zero_grad()
+        loss.backward()
+        opt_ours.step()
+
+    def step_tv() -> None:
+        loss = sum(tv([tv_image], tv_target).values())
+        opt_tv.zero_grad()
+        loss.backward()
+        opt_tv.step()
+
+    results["ours_train"] = _median_time(step_ours, args.runs, args.warmup)
+    results["tv_train"] = _median_time(step_tv, args.runs, args.warmup)
+    print(f"training s/iter (1 image): detlightning {results['ours_train']:.3f}  torchvision "
+          f"{results['tv_train']:.3f}  ratio {results['ours_train'] / results['tv_train']:.2f} (target <= 1.00)")
+
+
+def bench_loader(args: argparse.Namespace) -> None:
+    from detlightning.data.benchmark import benchmark_train_loader
+
+    print(benchmark_train_loader(args.dataset, args.iters))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("rcnn", help="Mask R-CNN inference/training speed vs torchvision")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--size", type=int, default=800, help="short side of the input")
+    p.add_argument("--skip-train", action="store_true")
+    p.set_defaults(func=bench_rcnn)
+    p = sub.add_parser("loader", help="training data loader images/second")
+    p.add_argument("--dataset", default="shapes_train")
+    p.add_argument("--iters", type=int, default=50)
+    p.set_defaults(func=bench_loader)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
