@@ -1,0 +1,23 @@
+"""Evaluation: the ``DatasetEvaluator`` protocol, ``inference_on_dataset``, and COCO (box / mask / keypoint AP,
+proposal AR), semantic segmentation and panoptic (PQ) evaluators, as in ``detectron2.evaluation``.
+
+Plain Python + torch: nothing here imports Lightning (the engine wires evaluators into the Lightning loop).
+"""
+from .coco_evaluation import COCOEvaluator
+from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_context, inference_on_dataset
+from .panoptic_evaluation import COCOPanopticEvaluator
+from .sem_seg_evaluation import SemSegEvaluator
+from .testing import flatten_results_dict, print_csv_format, verify_results
+
+__all__ = [
+    "COCOEvaluator",
+    "COCOPanopticEvaluator",
+    "DatasetEvaluator",
+    "DatasetEvaluators",
+    "SemSegEvaluator",
+    "flatten_results_dict",
+    "inference_context",
+    "inference_on_dataset",
+    "print_csv_format",
+    "verify_results",
+]
