@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batch_norm import FrozenBatchNorm2d
+
 __all__ = [
     "Conv2d",
     "ConvTranspose2d",
@@ -31,7 +33,9 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with optional ``norm`` and ``activation`` applied after the convolution.
 
     Keeps the norm as the submodule ``norm`` so parameter names match detectron2 (``conv1.weight``,
-    ``conv1.norm.weight``).
+    ``conv1.norm.weight``). A FrozenBatchNorm2d is a fixed per-channel affine, so it is folded into the convolution's
+    weight and bias (``conv(x, w * s) + b * s + t``) instead of costing a pass over the output; gradients to the
+    weight are the same.
     """
 
     def __init__(
@@ -48,9 +52,15 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.numel() == 0 and isinstance(self.norm, nn.SyncBatchNorm):
             raise ValueError("SyncBatchNorm does not support empty inputs in training.")
-        x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.norm is not None:
-            x = self.norm(x)
+        if isinstance(self.norm, FrozenBatchNorm2d):
+            scale, shift = self.norm.scale_and_shift()
+            weight = self.weight * scale.to(self.weight.dtype).view(-1, 1, 1, 1)
+            bias = shift if self.bias is None else self.bias * scale + shift
+            x = F.conv2d(x, weight, bias.to(weight.dtype), self.stride, self.padding, self.dilation, self.groups)
+        else:
+            x = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x

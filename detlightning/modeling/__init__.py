@@ -22,7 +22,17 @@ from .backbone import (
 )
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
 from .matcher import Matcher
-from .meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model
+from .meta_arch import (
+    META_ARCH_REGISTRY,
+    SEM_SEG_HEADS_REGISTRY,
+    GeneralizedRCNN,
+    PanopticFPN,
+    ProposalNetwork,
+    RetinaNet,
+    SemanticSegmentor,
+    build_model,
+    build_sem_seg_head,
+)
 from .postprocessing import detector_postprocess, sem_seg_postprocess
 from .poolers import ROIPooler
 from .proposal_generator import (
@@ -36,11 +46,11 @@ from .registry import (
     ROI_HEADS_REGISTRY,
     ROI_KEYPOINT_HEAD_REGISTRY,
     ROI_MASK_HEAD_REGISTRY,
-    SEM_SEG_HEADS_REGISTRY,
 )
 from .roi_heads import (
     BaseKeypointRCNNHead,
     BaseMaskRCNNHead,
+    CascadeROIHeads,
     FastRCNNOutputLayers,
     ROIHeads,
     Res5ROIHeads,

@@ -71,8 +71,9 @@ class PanopticFPN(GeneralizedRCNN):
             )
         w = float(cfg.model.panoptic_fpn.instance_loss_weight)
         if w != 1.0:
-            # d2-parity: detectron2 folds the instance weight into the box predictor's and mask head's loss weights
-            # (the RPN losses stay unweighted).
+            # d2-parity: detectron2 folds the instance weight into the box predictor's and mask head's loss weights.
+            # The predictor's dict from the config holds only "loss_box_reg", so loss_cls (like the RPN losses)
+            # stays unweighted.
             logger.warning("model.panoptic_fpn.instance_loss_weight should be replaced by weights on each ROI head.")
             roi_heads = ret["roi_heads"]
             lw = roi_heads.box_predictor.loss_weight

@@ -155,7 +155,9 @@ class SemSegFPNHead(nn.Module):
         self.scale_heads: list[nn.Sequential] = []
         for name, spec in shapes:
             if spec.stride < common_stride:
-                raise ValueError(f"SemSegFPNHead: feature {name!r} has stride {spec.stride} < common_stride {common_stride}")
+                raise ValueError(
+                    f"SemSegFPNHead: feature {name!r} has stride {spec.stride} < common_stride {common_stride}"
+                )
             head_ops: list[nn.Module] = []
             head_length = max(1, int(math.log2(spec.stride) - math.log2(common_stride)))
             for k in range(head_length):

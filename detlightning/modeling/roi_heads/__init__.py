@@ -1,4 +1,5 @@
 """ROI heads of the R-CNN family (detectron2's ``detectron2.modeling.roi_heads``)."""
+from .cascade_rcnn import CascadeROIHeads
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead, build_box_head
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference, fast_rcnn_inference_single_image
 from .keypoint_head import (
@@ -28,8 +29,3 @@ from .roi_heads import (
 )
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]
-
-# issue 4: Cascade R-CNN (importing registers it; __all__ above was computed before this line)
-from .cascade_rcnn import CascadeROIHeads  # noqa: E402
-
-__all__ += ["CascadeROIHeads"]
