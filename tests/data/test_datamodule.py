@@ -40,9 +40,12 @@ def test_two_test_datasets_give_two_loaders(tiny_cfg):
 
 
 def test_epoch_length_rule(tiny_cfg):
-    cfg = tiny_cfg("dataloader.ims_per_batch=4")
+    # explicit epoch length > solver.max_iter > one pass over the images
+    assert train_iters_per_epoch(tiny_cfg("dataloader.train_iters_per_epoch=5", "solver.max_iter=7"), 8) == 5
+    assert train_iters_per_epoch(tiny_cfg("solver.max_iter=7"), 8) == 7
+    cfg = tiny_cfg("dataloader.ims_per_batch=4", "solver.max_iter=0")
     assert train_iters_per_epoch(cfg, 8) == 2  # one pass
-    assert train_iters_per_epoch(tiny_cfg("dataloader.train_iters_per_epoch=5"), 8) == 5
+    assert train_iters_per_epoch(tiny_cfg("dataloader.ims_per_batch=4", "solver.max_iter=0"), 9) == 3
     with pytest.raises(ValueError):
         train_iters_per_epoch(cfg, None)
 

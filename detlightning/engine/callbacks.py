@@ -1,0 +1,388 @@
+"""Lightning callbacks in place of detectron2's hooks and EventWriters.
+
+================================  =========================================================
+detectron2                        detlightning
+================================  =========================================================
+``hooks.IterationTimer``          ``IterationTimer`` (``time``, ``data_time``; ETA in the printer)
+``hooks.LRScheduler`` (lr log)    ``LRLogger`` (the schedule itself is stepped by Lightning)
+``hooks.PeriodicCheckpointer``    ``PeriodicCheckpointer`` (``model_XXXXXXX.pth``) + Lightning's ``ModelCheckpoint``
+``hooks.BestCheckpointer``        ``BestCheckpointer`` (``model_best.pth`` + ``model_best.ckpt``)
+``hooks.EvalHook``                Trainer ``val_check_interval`` (from ``solver.eval_period``)
+``hooks.PreciseBN``               ``PreciseBN``
+``JSONWriter``                    ``MetricsWriter`` (``metrics.json``)
+``CommonMetricPrinter``           ``MetricsWriter`` (console line)
+``TensorboardXWriter``            Lightning's TensorBoardLogger (every ``self.log``) + ``VisualizePredictions``
+(max_mem in the printer)          ``MemoryStats``
+================================  =========================================================
+
+Scalars go through ``DetectionModule.storage`` (an ``EventStorage``), exactly where detectron2's writers read them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import nn
+
+from ..utils import comm
+from ..utils.events import CommonMetricPrinter, EventStorage, JSONWriter
+
+__all__ = [
+    "BestCheckpointer",
+    "IterationTimer",
+    "LRLogger",
+    "MemoryStats",
+    "MetricsWriter",
+    "PeriodicCheckpointer",
+    "PreciseBN",
+    "VisualizePredictions",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _storage(pl_module: LightningModule) -> EventStorage:
+    storage = getattr(pl_module, "storage", None)
+    if not isinstance(storage, EventStorage):
+        raise TypeError(f"{type(pl_module).__name__} has no EventStorage 'storage': use DetectionModule")
+    return storage
+
+
+def _output_dir(trainer: Trainer, pl_module: LightningModule, subdir: str = "") -> str:
+    cfg = getattr(pl_module, "cfg", None)
+    out = None
+    if cfg is not None:
+        try:
+            out = cfg.paths.output_dir
+        except (AttributeError, KeyError):
+            out = None
+    return os.path.join(out or trainer.default_root_dir, subdir)
+
+
+class IterationTimer(Callback):
+    """Put ``data_time`` (waiting for the batch) and ``time`` (the whole iteration) into the storage."""
+
+    def __init__(self) -> None:
+        self._last_end: float | None = None
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_end is None:
+            self._last_end = now
+        self._start = self._last_end
+        _storage(pl_module).put_scalar("data_time", now - self._last_end, cur_iter=trainer.global_step)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        now = time.perf_counter()
+        if self._start is not None:
+            storage = _storage(pl_module)
+            storage.put_scalar("time", now - self._start, cur_iter=storage.iter)
+            pl_module.log("time", now - self._start, on_step=True, on_epoch=False, batch_size=1)
+        self._last_end = now
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # evaluation time is not data time for the next iteration
+        self._last_end = time.perf_counter()
+
+
+class LRLogger(Callback):
+    """Log the LR used by this iteration as ``lr`` (the group with the most parameters, as detectron2 picks)."""
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if not trainer.optimizers:
+            return
+        groups = trainer.optimizers[0].param_groups
+        best = max(groups, key=lambda g: len(g["params"]))
+        lr = float(best["lr"])
+        # DetectionModule.training_step forwards this iteration's storage scalars to self.log
+        _storage(pl_module).put_scalar("lr", lr, smoothing_hint=False, cur_iter=trainer.global_step)
+
+
+class MemoryStats(Callback):
+    """Put ``max_mem`` (MiB): peak CUDA memory allocated on GPU, resident set size of the process on CPU."""
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        storage = _storage(pl_module)
+        if pl_module.device.type == "cuda":
+            mem = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+        else:
+            try:
+                import psutil
+
+                mem = psutil.Process().memory_info().rss / 2**20
+            except ImportError:  # psutil is optional
+                return
+        storage.put_scalar("max_mem", mem, smoothing_hint=False, cur_iter=storage.iter)
+        pl_module.log("max_mem", mem, on_step=True, on_epoch=False, batch_size=1)
+
+
+class MetricsWriter(Callback):
+    """Every ``period`` iterations (and at the end): append to ``<output_dir>/metrics.json`` one line per iteration
+    (detectron2's JSONWriter) and log detectron2's one-line summary (CommonMetricPrinter). Main process only."""
+
+    def __init__(self, period: int = 20, json_file: str | None = None, print_metrics: bool = True, window_size: int = 20):
+        if period <= 0:
+            raise ValueError(f"MetricsWriter period must be positive, got {period}")
+        self.period = period
+        self.json_file = json_file
+        self.print_metrics = print_metrics
+        self.window_size = window_size
+        self._json: JSONWriter | None = None
+        self._printer: CommonMetricPrinter | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not comm.is_main_process() or trainer.global_rank != 0:
+            return
+        if self._json is None:
+            path = self.json_file or os.path.join(_output_dir(trainer, pl_module), "metrics.json")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._json = JSONWriter(path, window_size=self.window_size)
+        max_iter = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        self._printer = CommonMetricPrinter(max_iter, window_size=self.window_size)
+
+    def _write(self, pl_module: LightningModule, print_line: bool) -> None:
+        if self._json is None:
+            return
+        with _storage(pl_module) as storage:
+            self._json.write()
+            if print_line and self.print_metrics and self._printer is not None and storage.histories():
+                self._printer.write()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        it = trainer.global_step  # iterations done
+        if it % self.period == 0 or it == trainer.max_steps:
+            self._write(pl_module, print_line=it != trainer.max_steps)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._write(pl_module, print_line=False)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(pl_module, print_line=False)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._json is not None:
+            self._json._file_handle.flush()
+
+
+def _save_pth(pl_module: LightningModule, directory: str, name: str, iteration: int) -> None:
+    """``<directory>/<name>.pth`` = ``{"model": state_dict, "iteration": it}`` (DetectionCheckpointer's format),
+    plus the ``last_checkpoint`` tag. Main process only."""
+    from ..checkpoint import DetectionCheckpointer
+
+    if not comm.is_main_process():
+        return
+    DetectionCheckpointer(pl_module.model, save_dir=directory).save(name, iteration=iteration)
+
+
+class PeriodicCheckpointer(Callback):
+    """Write ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end of training,
+    loadable by ``DetectionCheckpointer(model).load(path)`` (and detectron2's). Lightning's ``ModelCheckpoint``
+    writes the full training state (``.ckpt``) beside it. ``period`` 0: only the final one."""
+
+    def __init__(self, period: int = 5000, dirpath: str | None = None, save_final: bool = True):
+        self.period = int(period)
+        self.dirpath = dirpath
+        self.save_final = save_final
+
+    def _dir(self, trainer: Trainer, pl_module: LightningModule) -> str:
+        return self.dirpath or _output_dir(trainer, pl_module, "checkpoints")
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        it = trainer.global_step
+        if self.period > 0 and it % self.period == 0 and it != trainer.max_steps:
+            # d2-parity: detectron2 names a checkpoint after the last finished iteration (0-based)
+            _save_pth(pl_module, self._dir(trainer, pl_module), f"model_{it - 1:07d}", it - 1)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.save_final:
+            _save_pth(pl_module, self._dir(trainer, pl_module), "model_final", trainer.global_step - 1)
+
+
+class BestCheckpointer(Callback):
+    """After each evaluation, if ``val_metric`` (e.g. ``bbox/AP``) improved (``mode`` max or min), write
+    ``model_best.pth`` and ``model_best.ckpt`` (detectron2's BestCheckpointer)."""
+
+    def __init__(self, val_metric: str = "bbox/AP", mode: str = "max", dirpath: str | None = None,
+                 file_prefix: str = "model_best"):
+        if mode not in ("max", "min"):
+            raise ValueError(f"BestCheckpointer mode must be 'max' or 'min', got {mode!r}")
+        self.val_metric, self.mode, self.dirpath, self.file_prefix = val_metric, mode, dirpath, file_prefix
+        self.best_metric: float | None = None
+        self.best_iter: int | None = None
+        self._warned = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_iter": self.best_iter}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_metric = state_dict.get("best_metric")
+        self.best_iter = state_dict.get("best_iter")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.val_metric)
+        if value is None:
+            if not self._warned:
+                logger.warning("BestCheckpointer: metric %r was not logged by the evaluation; known: %s",
+                               self.val_metric, sorted(trainer.callback_metrics))
+                self._warned = True
+            return
+        value = float(value)
+        if value != value:  # NaN never improves
+            return
+        better = self.best_metric is None or (value > self.best_metric if self.mode == "max" else value < self.best_metric)
+        if not better:
+            return
+        self.best_metric, self.best_iter = value, trainer.global_step
+        directory = self.dirpath or _output_dir(trainer, pl_module, "checkpoints")
+        logger.info("Saving best model at iteration %d: %s = %.4f", trainer.global_step, self.val_metric, value)
+        trainer.save_checkpoint(os.path.join(directory, f"{self.file_prefix}.ckpt"))
+        _save_pth(pl_module, directory, self.file_prefix, trainer.global_step - 1)
+
+
+class PreciseBN(Callback):
+    """Before each evaluation during training, recompute BatchNorm running statistics as the true average over
+    ``num_iter`` training batches (detectron2's ``hooks.PreciseBN``, TEST.PRECISE_BN). No-op when disabled or when
+    the model has no BatchNorm in training mode (e.g. FrozenBN backbones)."""
+
+    def __init__(self, enabled: bool = False, num_iter: int = 200):
+        self.enabled = enabled
+        self.num_iter = int(num_iter)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking or trainer.state.fn != "fit" or self.num_iter <= 0:
+            return
+        model: nn.Module = pl_module.model
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+               and any(p.requires_grad for p in m.parameters())]
+        if not bns:
+            return
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "build_train_loader"):
+            logger.warning("PreciseBN needs a DetectionDataModule (build_train_loader); skipped")
+            return
+        logger.info("Running PreciseBN over %d iterations ...", self.num_iter)
+        data = iter(dm.build_train_loader())
+        was_training = model.training
+        momenta = [bn.momentum for bn in bns]
+        means = [torch.zeros_like(bn.running_mean) for bn in bns]
+        variances = [torch.zeros_like(bn.running_var) for bn in bns]
+        model.train()
+        for bn in bns:
+            bn.momentum = 1.0  # running stats = this batch's stats; averaged below
+        try:
+            with torch.no_grad(), EventStorage(trainer.global_step):
+                for _ in range(self.num_iter):
+                    model(next(data))
+                    for i, bn in enumerate(bns):
+                        means[i] += bn.running_mean / self.num_iter
+                        variances[i] += bn.running_var / self.num_iter
+        finally:
+            for bn, m in zip(bns, momenta):
+                bn.momentum = m
+            model.train(was_training)
+        world = comm.get_world_size()
+        for bn, mean, var in zip(bns, means, variances):
+            if world > 1:
+                torch.distributed.all_reduce(mean)
+                torch.distributed.all_reduce(var)
+                mean, var = mean / world, var / world
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+
+
+class VisualizePredictions(Callback):
+    """At each evaluation, draw the predicted boxes (score >= ``score_thresh``) of the first ``num_images``
+    images of the first evaluation dataset and add them to TensorBoard as ``predictions/<i>``."""
+
+    def __init__(self, num_images: int = 4, score_thresh: float = 0.5, max_boxes: int = 30):
+        self.num_images, self.score_thresh, self.max_boxes = int(num_images), float(score_thresh), int(max_boxes)
+        self._seen = 0
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._seen = 0
+
+    def _tensorboard(self, trainer: Trainer) -> Any:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                return lg.experiment
+        return None
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or dataloader_idx != 0 or self._seen >= self.num_images or trainer.global_rank != 0:
+            return
+        writer = self._tensorboard(trainer)
+        if writer is None:
+            return
+        preds = outputs if isinstance(outputs, list) else None
+        if preds is None:
+            with torch.no_grad():
+                preds = pl_module.model(batch[: self.num_images - self._seen])
+        preds = preds[: self.num_images - self._seen]
+        names = _class_names(pl_module)
+        channel_format = str(getattr(getattr(pl_module, "cfg", None), "input", {}).get("format", "BGR"))
+        for inp, pred in zip(batch, preds):
+            img = _draw(inp, pred, names, channel_format, self.score_thresh, self.max_boxes)
+            if img is not None:
+                writer.add_image(f"predictions/{self._seen}", img, trainer.global_step)
+            self._seen += 1
+
+
+def _class_names(pl_module: LightningModule) -> list[str] | None:
+    try:
+        from ..data.catalog import MetadataCatalog
+
+        names = pl_module.eval_dataset_names()  # type: ignore[operator]
+        return list(MetadataCatalog.get(names[0]).get("thing_classes", None) or []) or None
+    except Exception:  # visualisation is best-effort: never break evaluation
+        return None
+
+
+def _draw(inp: dict[str, Any], pred: dict[str, Any], names: list[str] | None, channel_format: str,
+          score_thresh: float, max_boxes: int) -> torch.Tensor | None:
+    """The input image (3, H, W) uint8 RGB with predicted boxes drawn, or None if there is nothing to draw on."""
+    from torchvision.utils import draw_bounding_boxes
+
+    image = inp.get("image")
+    if image is None or "instances" not in pred:
+        return None
+    image = image.detach().cpu()
+    if channel_format == "BGR":
+        image = image.flip(0)
+    image = image.clamp(0, 255).to(torch.uint8)
+    inst = pred["instances"].to("cpu")
+    keep = inst.scores >= score_thresh
+    boxes = inst.pred_boxes.tensor[keep][:max_boxes].clone()
+    # predictions are in the original image's coordinates; the tensor may be resized
+    h, w = image.shape[-2:]
+    boxes[:, 0::2] *= w / float(inp.get("width", w))
+    boxes[:, 1::2] *= h / float(inp.get("height", h))
+    classes = inst.pred_classes[keep][:max_boxes].tolist()
+    scores = inst.scores[keep][:max_boxes].tolist()
+    labels = [f"{names[c] if names and c < len(names) else c} {s:.2f}" for c, s in zip(classes, scores)]
+    if len(boxes) == 0:
+        return image
+    return draw_bounding_boxes(image, boxes, labels=labels, width=2)

@@ -1,0 +1,248 @@
+"""Glue between a composed config and Lightning: output dir + logging + seed (``default_setup``), the ``Trainer``
+(``build_trainer``), and the two jobs ``scripts/train.py`` runs (``train``, ``evaluate``). Also detectron2's
+``DefaultPredictor``.
+
+``solver.max_iter`` becomes ``Trainer(max_steps=...)``; ``solver.eval_period`` becomes ``val_check_interval``
+(counted across epochs; 0 = evaluate once, at the end); ``solver.amp.enabled`` picks mixed precision.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..utils import comm
+from .module import DetectionModule
+
+__all__ = [
+    "DefaultPredictor",
+    "build_callbacks",
+    "build_loggers",
+    "build_trainer",
+    "default_setup",
+    "evaluate",
+    "find_resume_checkpoint",
+    "prepare_cfg",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_cfg(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` with ``paths.output_dir`` filled in: the Hydra run dir inside a Hydra app, else
+    ``./output`` (detectron2's OUTPUT_DIR default)."""
+    cfg = copy.deepcopy(cfg)
+    if OmegaConf.select(cfg, "paths.output_dir") is None:
+        out = "./output"
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            if HydraConfig.initialized():
+                out = HydraConfig.get().runtime.output_dir
+        except (ImportError, ValueError):
+            pass
+        with open_dict(cfg):
+            cfg.paths = cfg.get("paths") or {}
+            cfg.paths.output_dir = os.path.abspath(out)
+    return cfg
+
+
+def default_setup(cfg: DictConfig) -> int:
+    """Create the output dir, save the config there (``config.yaml``), configure logging when no Hydra app did,
+    and seed every RNG (``seed`` < 0: a random one). Returns the seed used."""
+    from lightning.pytorch import seed_everything
+
+    out = cfg.paths.output_dir
+    rank = comm.get_rank()
+    if rank == 0:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    if not logging.getLogger().handlers:  # not under Hydra (which configures the root logger)
+        from ..utils.logger import setup_logger
+
+        setup_logger(out, distributed_rank=rank, name="detlightning")
+    seed = int(OmegaConf.select(cfg, "seed", default=-1))
+    if seed < 0:
+        from ..utils.env import seed_all_rng
+
+        seed = seed_all_rng(None)
+    return int(seed_everything(seed, workers=True, verbose=False))
+
+
+def build_callbacks(cfg: DictConfig) -> list[Any]:
+    """Instantiate every ``_target_`` entry of ``cfg.callbacks`` (``None`` entries are skipped)."""
+    from hydra.utils import instantiate
+
+    out = []
+    for name, spec in (OmegaConf.select(cfg, "callbacks") or {}).items():
+        if spec is None:
+            continue
+        if not isinstance(spec, (Mapping, DictConfig)) or "_target_" not in spec:
+            raise ValueError(f"callbacks.{name} must be a mapping with _target_, got {spec!r}")
+        out.append(instantiate(spec))
+    return out
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Instantiate every ``_target_`` entry of ``cfg.logger`` (Lightning loggers)."""
+    from hydra.utils import instantiate
+
+    node = OmegaConf.select(cfg, "logger") or {}
+    return [instantiate(spec) for spec in node.values() if spec is not None]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any] | None = None, loggers: list[Any] | None = None,
+                  **overrides: Any) -> Any:
+    """A ``lightning.pytorch.Trainer`` from ``cfg.trainer`` (+ the derived settings in the module docstring);
+    ``overrides`` win over everything."""
+    from hydra.utils import instantiate
+    from lightning.pytorch import Trainer
+
+    kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    if isinstance(kwargs.get("strategy"), Mapping):
+        kwargs["strategy"] = instantiate(kwargs["strategy"])
+    max_iter = int(cfg.solver.max_iter)
+    if kwargs.get("max_steps") is None:
+        kwargs["max_steps"] = max_iter
+    if kwargs.get("val_check_interval") is None:
+        eval_period = int(OmegaConf.select(cfg, "solver.eval_period", default=0) or 0)
+        kwargs["val_check_interval"] = eval_period if eval_period > 0 else int(kwargs["max_steps"])
+        kwargs["check_val_every_n_epoch"] = None
+    if not list(OmegaConf.select(cfg, "datasets.test") or []):
+        kwargs["limit_val_batches"] = 0
+    if OmegaConf.select(cfg, "solver.amp.enabled", default=False) and str(kwargs.get("precision")) in ("32", "32-true"):
+        gpu = kwargs.get("accelerator") in ("gpu", "cuda") or (kwargs.get("accelerator") == "auto" and torch.cuda.is_available())
+        kwargs["precision"] = "16-mixed" if gpu else "bf16-mixed"
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("check_val_every_n_epoch",)}
+    kwargs["default_root_dir"] = cfg.paths.output_dir
+    kwargs["callbacks"] = build_callbacks(cfg) if callbacks is None else callbacks
+    lg = build_loggers(cfg) if loggers is None else loggers
+    kwargs["logger"] = lg if lg else False
+    kwargs.update(overrides)
+    return Trainer(**kwargs)
+
+
+def find_resume_checkpoint(cfg: DictConfig) -> str | None:
+    """``<output_dir>/checkpoints/last.ckpt`` if it exists (what ``resume=true`` continues from)."""
+    path = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    return path if os.path.isfile(path) else None
+
+
+def _final_results(module: DetectionModule, trainer: Any) -> dict[str, Any]:
+    if module.last_results:
+        return dict(module.last_results)
+    # ddp_spawn: evaluation ran in child processes; only the logged metrics came back
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k and "loss" not in k}
+
+
+def train(cfg: DictConfig, module_cls: type[DetectionModule] = DetectionModule, datamodule_cls: type | None = None,
+          **trainer_overrides: Any) -> dict[str, Any]:
+    """Train as ``cfg`` says (``resume=true``: continue from the output dir's last checkpoint; ``model.weights``:
+    initial weights otherwise), evaluate at the end, and return the final evaluation results
+    (``{dataset: {"bbox": {"AP": ...}}}``)."""
+    from ..data import DetectionDataModule
+
+    cfg = prepare_cfg(cfg)
+    default_setup(cfg)
+    datamodule = (datamodule_cls or DetectionDataModule)(cfg)
+    module = module_cls(cfg)
+    ckpt_path = None
+    if OmegaConf.select(cfg, "resume", default=False):
+        ckpt_path = find_resume_checkpoint(cfg)
+        if ckpt_path is None:
+            logger.info("resume=true but no checkpoint in %s: starting from scratch", cfg.paths.output_dir)
+        else:
+            logger.info("Resuming from %s", ckpt_path)
+    if ckpt_path is None and cfg.model.weights:
+        module.load_weights(cfg.model.weights)
+    trainer = build_trainer(cfg, **trainer_overrides)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    max_steps = trainer.max_steps
+    eval_period = int(OmegaConf.select(cfg, "solver.eval_period", default=0) or 0)
+    has_test = bool(list(OmegaConf.select(cfg, "datasets.test") or []))
+    # the periodic evaluation misses the last iteration when max_iter is no multiple of eval_period
+    if has_test and eval_period > 0 and max_steps % eval_period != 0 and trainer.global_step >= max_steps:
+        trainer.validate(module, datamodule=datamodule)
+    results = _final_results(module, trainer) if has_test else {}
+    _print_final(results)
+    return results
+
+
+def evaluate(cfg: DictConfig, module_cls: type[DetectionModule] = DetectionModule, datamodule_cls: type | None = None,
+             **trainer_overrides: Any) -> dict[str, Any]:
+    """Evaluate ``model.weights`` on ``datasets.test`` (detectron2's ``--eval-only``); returns the results."""
+    from ..data import DetectionDataModule
+
+    cfg = prepare_cfg(cfg)
+    default_setup(cfg)
+    if not cfg.model.weights:
+        raise ValueError("eval_only needs model.weights=<checkpoint (.pth, .pkl or .ckpt)>")
+    datamodule = (datamodule_cls or DetectionDataModule)(cfg)
+    module = module_cls(cfg)
+    module.load_weights(cfg.model.weights)
+    trainer = build_trainer(cfg, **trainer_overrides)
+    trainer.test(module, datamodule=datamodule)
+    results = _final_results(module, trainer)
+    _print_final(results)
+    return results
+
+
+def _print_final(results: Mapping[str, Any]) -> None:
+    if not comm.is_main_process() or not results:
+        return
+    try:
+        from ..evaluation import print_csv_format
+    except ImportError:
+        print_csv_format = None  # type: ignore[assignment]
+    logger.info("Final evaluation results:")
+    for name, res in results.items():
+        if isinstance(res, Mapping) and print_csv_format is not None:
+            logger.info("Dataset %s:", name)
+            print_csv_format(res)
+        else:
+            logger.info("%s: %s", name, res)
+
+
+class DefaultPredictor:
+    """detectron2's ``DefaultPredictor``: ``predictor(image)`` runs the model on ONE image.
+
+    Args:
+        cfg: the config; ``model.weights`` is loaded; images are resized to ``input.min_size_test`` (max side
+            ``input.max_size_test``); ``input.format`` is the channel order of the images passed in.
+
+    ``__call__(original_image: np.ndarray (H, W, C) uint8 in input.format) -> dict`` (``{"instances": ...}`` in
+    the original image's coordinates).
+    """
+
+    def __init__(self, cfg: Any):
+        from ..checkpoint import DetectionCheckpointer
+        from ..data.transforms import ResizeShortestEdge
+        from ..modeling.meta_arch.build import build_model
+
+        self.cfg = copy.deepcopy(cfg)
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        if cfg.model.weights:
+            DetectionCheckpointer(self.model).load(cfg.model.weights)
+        self.aug = ResizeShortestEdge([cfg.input.min_size_test, cfg.input.min_size_test], cfg.input.max_size_test)
+        self.input_format = cfg.input.format
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"DefaultPredictor supports input.format RGB or BGR, got {self.input_format!r}")
+
+    def __call__(self, original_image: np.ndarray) -> dict[str, Any]:
+        with torch.no_grad():
+            if self.input_format == "RGB":  # the model wants input.format; callers pass OpenCV-style BGR
+                original_image = original_image[:, :, ::-1]
+            height, width = original_image.shape[:2]
+            image = self.aug.get_transform(original_image).apply_image(original_image)
+            image = torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1)))
+            image = image.to(self.cfg.model.device)
+            return self.model([{"image": image, "height": height, "width": width}])[0]

@@ -1,0 +1,291 @@
+"""``DetectionModule``: the LightningModule around a detectron2-style meta-architecture.
+
+It replaces detectron2's ``DefaultTrainer`` + ``SimpleTrainer``: the model is the plain ``nn.Module`` at
+``module.model``; losses are summed and logged every step; validation/test feed one ``DatasetEvaluator`` per
+dataset in ``datasets.test`` and log the flattened results (``bbox/AP``, ``segm/AP50``, ...). Customise the way one
+subclasses ``DefaultTrainer``: override the ``build_model`` / ``build_optimizer`` / ``build_lr_scheduler`` /
+``build_evaluator`` classmethods (same signatures as detectron2's).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..utils.events import EventStorage
+from .solver import build_lr_scheduler, build_optimizer, clip_gradients
+
+__all__ = ["DetectionModule", "cfg_to_container"]
+
+logger = logging.getLogger(__name__)
+
+
+def cfg_to_container(cfg: Any) -> dict[str, Any]:
+    """A resolved plain ``dict`` of ``cfg`` (a DictConfig or mapping): what goes into checkpoints, since the safe
+    checkpoint loader refuses OmegaConf objects."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    if isinstance(cfg, Mapping):
+        return OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True)  # type: ignore[return-value]
+    raise TypeError(f"DetectionModule expects a DictConfig or a dict config, got {type(cfg).__name__}")
+
+
+class DetectionModule(LightningModule):
+    """Train / evaluate / predict a detection model built from ``cfg``.
+
+    Args:
+        cfg: the composed config (``detlightning.config.get_cfg(...)``) or its plain-dict form. It is saved as the
+            hyperparameter ``cfg`` (a plain dict), so ``DetectionModule.load_from_checkpoint(path)`` rebuilds the
+            same model in one call.
+
+    Batches are ``list[dict]`` (detectron2's model input format); ``predict_step`` returns the model's
+    ``list[dict]`` outputs (``{"instances": Instances, ...}`` per image).
+    """
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        plain = cfg_to_container(cfg)
+        self.save_hyperparameters({"cfg": plain})
+        self.cfg: DictConfig = OmegaConf.create(plain)
+        OmegaConf.set_struct(self.cfg, True)
+        self.model: nn.Module = self.build_model(self.cfg)
+        # One storage for the whole run: writers (JSON, console) smooth over its history like detectron2's.
+        self.storage = EventStorage(0)
+        self._evaluators: dict[str, Any] = {}
+        self._eval_names: list[str] = []
+        self._eval_active: list[Any] = []
+        self.last_results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.last_eval_step: int = -1
+
+    # ------------------------------------------------------------------ overridable builders (detectron2 style)
+    @classmethod
+    def build_model(cls, cfg: Any) -> nn.Module:
+        """The model (default: ``detlightning.modeling.build_model(cfg)``)."""
+        from ..modeling.meta_arch.build import build_model
+
+        model = build_model(cfg)
+        logger.debug("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
+        """The optimizer (default: ``detlightning.engine.solver.build_optimizer``)."""
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The per-iteration LR scheduler (default: ``detlightning.engine.solver.build_lr_scheduler``)."""
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None) -> Any:
+        """The ``DatasetEvaluator`` of one dataset, chosen by its metadata's ``evaluator_type`` (``coco``,
+        ``sem_seg``, ``coco_panoptic_seg``); ``None`` means no metrics for that dataset."""
+        try:
+            from ..data.catalog import MetadataCatalog
+            from ..evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+        except ImportError as e:  # evaluation is optional for training
+            logger.warning("detlightning.evaluation unavailable (%s): no metrics for %s", e, dataset_name)
+            return None
+        if output_folder is None:
+            out = _select(cfg, "paths.output_dir")
+            output_folder = os.path.join(out, "inference") if out else None
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        sigmas = tuple(_select(cfg, "test.keypoint_oks_sigmas") or ())
+        coco = lambda: COCOEvaluator(dataset_name, output_dir=output_folder, kpt_oks_sigmas=sigmas)  # noqa: E731
+        if evaluator_type == "coco":
+            return coco()
+        if evaluator_type == "sem_seg":
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        if evaluator_type == "coco_panoptic_seg":
+            return DatasetEvaluators([COCOPanopticEvaluator(dataset_name, output_folder), coco()])
+        logger.warning("No evaluator for evaluator_type %r of dataset %s: no metrics", evaluator_type, dataset_name)
+        return None
+
+    def setup(self, stage: str) -> None:
+        # Spawned DDP workers start with fresh catalogs: register the config's built-in shapes splits there too
+        # (the evaluator reads their metadata; the DataModule registered them only in the launching process).
+        try:
+            from ..data.datasets.shapes import register_shapes_from_cfg
+        except ImportError:
+            return
+        register_shapes_from_cfg(self.cfg)
+
+    # ------------------------------------------------------------------------------------------- training
+    def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
+        return self.model(batched_inputs)
+
+    def training_step(self, batch: list[dict[str, Any]], batch_idx: int) -> torch.Tensor:
+        storage = self.storage
+        storage.iter = self.global_step
+        with storage:
+            loss_dict = self.model(batch)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        if not isinstance(loss_dict, Mapping) or not loss_dict:
+            raise TypeError(f"model returned {type(loss_dict).__name__} in training mode; expected a dict of losses")
+        detached = {k: v.detach().float() for k, v in loss_dict.items()}
+        values = {k: float(v.sum()) for k, v in detached.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration={self.global_step}: {', '.join(bad)} "
+                f"(loss_dict = {values})"
+            )
+        losses = sum(loss_dict.values())
+        total = sum(values.values())
+        storage.put_scalars(total_loss=total, **values)
+        bs = len(batch)
+        self.log("total_loss", total, prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        for name, value in values.items():
+            if name != "total_loss":
+                self.log(name, value, on_step=True, on_epoch=False, batch_size=bs)
+        # scalars the model (or a callback) put for this iteration, e.g. fast_rcnn/cls_accuracy
+        for name, (value, it) in storage.latest().items():
+            if it == self.global_step and name not in values and name != "total_loss":
+                self.log(name, float(value), on_step=True, on_epoch=False, batch_size=bs)
+        return losses
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.build_optimizer(self.cfg, self.model)
+        scheduler = self.build_lr_scheduler(self.cfg, optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # Runs after AMP unscaling; solver.clip_gradients wins over the Trainer's gradient_clip_val.
+        clip_cfg = _select(self.cfg, "solver.clip_gradients")
+        if clip_cfg is not None and clip_cfg.get("enabled", False):
+            clip_gradients(itertools.chain(*[g["params"] for g in optimizer.param_groups]), clip_cfg)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def eval_dataset_names(self) -> list[str]:
+        """The datasets that validation/test dataloaders serve, in dataloader order."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "test_dataset_names", None)
+        return list(names) if names is not None else list(_select(self.cfg, "datasets.test") or [])
+
+    def _get_evaluator(self, name: str) -> Any:
+        if name not in self._evaluators:
+            self._evaluators[name] = self.build_evaluator(self.cfg, name)
+        return self._evaluators[name]
+
+    def _start_eval(self) -> None:
+        self._eval_names = self.eval_dataset_names()
+        self._eval_active = [self._get_evaluator(n) for n in self._eval_names]
+        for ev in self._eval_active:
+            if ev is not None:
+                ev.reset()
+
+    def _eval_step(self, batch: list[dict[str, Any]], dataloader_idx: int) -> list[dict[str, Any]]:
+        outputs = self.model(batch)
+        if dataloader_idx < len(self._eval_active) and self._eval_active[dataloader_idx] is not None:
+            self._eval_active[dataloader_idx].process(batch, outputs)
+        return outputs
+
+    def _finish_eval(self) -> None:
+        from ..utils import comm
+
+        results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        for name, ev in zip(self._eval_names, self._eval_active):
+            if ev is None:
+                continue
+            res = ev.evaluate() or {}
+            # distributed evaluators return results on rank 0 only; every rank logs the same values
+            res = self.trainer.strategy.broadcast(res, src=0)
+            results[name] = res
+            if comm.is_main_process() and res:
+                logger.info("Evaluation results for %s in csv format:", name)
+                try:
+                    from ..evaluation import print_csv_format
+
+                    print_csv_format(res)
+                except ImportError:
+                    logger.info("%s", res)
+        flat: dict[str, float] = {}
+        for name, res in results.items():
+            prefix = "" if len(results) == 1 else f"{name}/"
+            for key, value in _flatten(res).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    flat[prefix + key] = float(value)
+        if flat:
+            # identical on every rank (broadcast above): syncing only averages equal values
+            self.log_dict(flat, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1, batch_size=1)
+            for key, value in flat.items():
+                self.storage.put_scalar(key, value, smoothing_hint=False, cur_iter=self.global_step)
+        self.last_results = results
+        self.last_eval_step = self.global_step
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(
+        self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
+        # the outputs reach callbacks' on_validation_batch_end (e.g. VisualizePredictions)
+        return self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # a partial pass: its metrics mean nothing
+            return
+        self._finish_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval()
+
+    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        return self.model(batch)
+
+    # --------------------------------------------------------------------------------------------- weights
+    def load_weights(self, path: str) -> None:
+        """Load model weights (detectron2 .pth/.pkl, model-zoo URL, or a Lightning .ckpt) into ``self.model``, as
+        ``DetectionCheckpointer(model).load(path)`` does (``model.weights``)."""
+        from ..checkpoint import DetectionCheckpointer
+
+        DetectionCheckpointer(self.model).load(path)
+
+
+def _select(cfg: Any, key: str) -> Any:
+    return OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else _dict_select(cfg, key)
+
+
+def _dict_select(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _flatten(results: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"bbox": {"AP": 1}}`` -> ``{"bbox/AP": 1}``."""
+    flat: dict[str, Any] = {}
+    for k, v in results.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, key + "/"))
+        else:
+            flat[key] = v
+    return flat

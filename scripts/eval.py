@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Evaluate a checkpoint on ``datasets.test`` and print COCO metrics (detectron2's ``train_net.py --eval-only``).
+
+    python scripts/eval.py model.weights=outputs/<date>/<time>/checkpoints/model_final.pth
+    python scripts/eval.py experiment=shapes_quick model.weights=.../last.ckpt trainer=gpu
+
+``model.weights`` accepts detectron2 ``.pth``/``.pkl`` files, model-zoo URLs and Lightning ``.ckpt`` files.
+The config (model/backbone/data overrides) must describe the same architecture as the checkpoint.
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from detlightning.engine import evaluate
+
+
+@hydra.main(config_path="pkg://detlightning.conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    results = evaluate(cfg)
+    for res in results.values():
+        if isinstance(res, dict) and "bbox" in res and "AP" in res["bbox"]:
+            return float(res["bbox"]["AP"])
+    return None
+
+
+if __name__ == "__main__":
+    main()
