@@ -9,7 +9,7 @@ conversion, augmentations, annotation transforms).
 input.min_size_train=[320]``); masks and keypoints are drawn when the config turns them on (``model.mask_on``,
 ``model.keypoint_on``). ``--mode test`` uses the inference resizing but keeps the annotations.
 Boxes, class labels, polygon/bit masks, keypoints (with the dataset's skeleton) and semantic maps are drawn with
-PIL; each file is ``<image_id>.png``.
+:class:`detlightning.utils.visualizer.Visualizer` in the class colours; each file is ``<image_id>.png``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,80 +29,48 @@ from detlightning.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # 
 from detlightning.data import detection_utils as utils  # noqa: E402
 from detlightning.data.datasets.shapes import register_shapes_from_cfg  # noqa: E402
 from detlightning.data.datasets.builtin_meta import category_color  # noqa: E402
+from detlightning.utils.visualizer import VisImage, Visualizer  # noqa: E402
 
 logger = logging.getLogger("visualize_data")
 
 
-def _color(metadata: Any, class_id: int) -> tuple[int, int, int]:
+def _color(metadata: Any, class_id: int) -> tuple[float, float, float]:
+    """The class colour as RGB floats in [0, 1]: ``thing_colors`` when the metadata has one for ``class_id``."""
     colors = metadata.get("thing_colors")
     if colors is not None and 0 <= class_id < len(colors):
-        return tuple(int(c) for c in colors[class_id])  # type: ignore[return-value]
-    return tuple(category_color(class_id))  # type: ignore[return-value]
+        rgb = colors[class_id]
+    else:
+        rgb = category_color(class_id)
+    return tuple(float(c) / 255.0 for c in rgb)  # type: ignore[return-value]
+
+
+class _DataVisualizer(Visualizer):
+    """The Visualizer with opaque box outlines: every box of a class has exactly the class colour, which makes
+    annotation errors (wrong class, shifted box) easy to spot."""
+
+    def draw_box(self, box_coord: Any, alpha: float = 1.0, edge_color: Any = "g", line_style: str = "-") -> VisImage:
+        return super().draw_box(box_coord, alpha=alpha, edge_color=edge_color, line_style=line_style)
 
 
 def draw_sample(sample: dict[str, Any], metadata: Any, image_format: str) -> Image.Image:
     """The mapped ``sample`` ("image" (C, H, W) tensor, optional "instances" / "sem_seg") as an annotated RGB
-    PIL image."""
+    PIL image: semantic map, then boxes, class names, masks and keypoints in the class colours."""
     rgb = utils.convert_image_to_rgb(sample["image"].permute(1, 2, 0), image_format)
-    canvas = Image.fromarray(np.ascontiguousarray(rgb)).convert("RGBA")
-
-    overlay = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
-    draw = ImageDraw.Draw(overlay)
+    vis = _DataVisualizer(rgb, metadata)
     if "sem_seg" in sample:
-        sem = sample["sem_seg"].numpy()
-        stuff_colors = metadata.get("stuff_colors")
-        layer = np.zeros((*sem.shape, 4), dtype=np.uint8)
-        for label in np.unique(sem):
-            if label == metadata.get("ignore_label", 255):
-                continue
-            if stuff_colors is not None and label < len(stuff_colors):
-                c = stuff_colors[label]
-            else:
-                c = category_color(100 + int(label))
-            layer[sem == label] = (*c, 90)
-        overlay = Image.alpha_composite(overlay, Image.fromarray(layer, "RGBA"))
-        draw = ImageDraw.Draw(overlay)
-
+        vis.draw_sem_seg(sample["sem_seg"], area_threshold=0, alpha=0.5)
     instances = sample.get("instances")
-    names = metadata.get("thing_classes") or []
-    if instances is not None:
-        boxes = instances.gt_boxes.tensor.numpy()
-        classes = instances.gt_classes.numpy()
-        masks = instances.get("gt_masks") if instances.has("gt_masks") else None
-        keypoints = instances.gt_keypoints.tensor.numpy() if instances.has("gt_keypoints") else None
-        for i, (box, cls) in enumerate(zip(boxes, classes)):
-            color = _color(metadata, int(cls))
-            if masks is not None:
-                if hasattr(masks, "polygons"):
-                    for poly in masks.polygons[i]:
-                        draw.polygon([tuple(p) for p in poly.reshape(-1, 2)], fill=(*color, 80), outline=(*color, 255))
-                else:
-                    m = masks.tensor[i].numpy()
-                    layer = np.zeros((*m.shape, 4), dtype=np.uint8)
-                    layer[m] = (*color, 90)
-                    overlay = Image.alpha_composite(overlay, Image.fromarray(layer, "RGBA"))
-                    draw = ImageDraw.Draw(overlay)
-            draw.rectangle([float(v) for v in box], outline=(*color, 255), width=2)
-            label = names[cls] if 0 <= cls < len(names) else str(int(cls))
-            draw.text((float(box[0]) + 2, float(box[1]) + 1), label, fill=(255, 255, 255, 255))
-            if keypoints is not None:
-                _draw_keypoints(draw, keypoints[i], metadata)
-    return Image.alpha_composite(canvas, overlay).convert("RGB")
-
-
-def _draw_keypoints(draw: ImageDraw.ImageDraw, kpts: np.ndarray, metadata: Any) -> None:
-    """kpts: (K, 3) of (x, y, visibility)."""
-    names = list(metadata.get("keypoint_names") or [])
-    visible = {i: (float(x), float(y)) for i, (x, y, v) in enumerate(kpts) if v > 0}
-    for a, b, color in metadata.get("keypoint_connection_rules") or []:
-        if a in names and b in names:
-            ia, ib = names.index(a), names.index(b)
-            if ia in visible and ib in visible:
-                draw.line([visible[ia], visible[ib]], fill=(*color, 255), width=2)
-    for i, (x, y) in visible.items():
-        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(255, 255, 0, 255), outline=(0, 0, 0, 255))
-        if i < len(names):
-            draw.text((x + 4, y - 4), names[i], fill=(255, 255, 0, 255))
+    if instances is not None and len(instances) > 0:
+        classes = [int(c) for c in instances.gt_classes.tolist()]
+        names = metadata.get("thing_classes") or []
+        vis.overlay_instances(
+            boxes=instances.gt_boxes if instances.has("gt_boxes") else None,
+            labels=[names[c] if 0 <= c < len(names) else str(c) for c in classes],
+            masks=instances.gt_masks if instances.has("gt_masks") else None,
+            keypoints=instances.gt_keypoints if instances.has("gt_keypoints") else None,
+            assigned_colors=[_color(metadata, c) for c in classes],
+        )
+    return Image.fromarray(vis.output.get_image())
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"utils", "layers", "structures", "config", "modeling", "checkpoint", "data", "evaluation"},
     "export": {"utils", "layers", "structures", "config", "modeling"},
     "model_zoo": {"utils", "config", "modeling", "checkpoint"},
+    "solver": {"engine"},  # detectron2's name for detlightning.engine.solver
     "conf": set(),
 }
 # these must stay plain torch: no Lightning or Hydra at module level
@@ -68,3 +69,20 @@ def test_imports_point_the_right_way(path: Path):
             )
         if sub in NO_FRAMEWORK and module_level:
             assert parts[0] not in FRAMEWORKS, f"{rel} imports {name} at module level; {sub} must stay plain torch"
+
+
+def test_plain_torch_entry_points_import_without_lightning():
+    """The model library, the solver and the data loaders serve a plain-PyTorch loop (scripts/plain_train_net.py):
+    importing them must not import Lightning or Hydra."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import detlightning.modeling, detlightning.solver, detlightning.engine.solver, detlightning.checkpoint\n"
+        "import detlightning.data, detlightning.evaluation, detlightning.utils.events\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra'))\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -310,8 +310,10 @@ class PreciseBN(Callback):
 
 
 class VisualizePredictions(Callback):
-    """At each evaluation, draw the predicted boxes (score >= ``score_thresh``) of the first ``num_images``
-    images of the first evaluation dataset and add them to TensorBoard as ``predictions/<i>``."""
+    """At each evaluation, draw the predictions of the first ``num_images`` images of the first evaluation dataset
+    with :class:`~detlightning.utils.visualizer.Visualizer` (instances with score >= ``score_thresh``: boxes,
+    class names, masks, keypoints; else the semantic or panoptic segmentation) and add them to TensorBoard as
+    ``predictions/<i>`` (detectron2's ``VIS_PERIOD`` role, at evaluation time)."""
 
     def __init__(self, num_images: int = 4, score_thresh: float = 0.5, max_boxes: int = 30):
         self.num_images, self.score_thresh, self.max_boxes = int(num_images), float(score_thresh), int(max_boxes)
@@ -342,47 +344,52 @@ class VisualizePredictions(Callback):
             with torch.no_grad():
                 preds = pl_module.model(batch[: self.num_images - self._seen])
         preds = preds[: self.num_images - self._seen]
-        names = _class_names(pl_module)
+        metadata = _metadata(pl_module)
         channel_format = str(getattr(getattr(pl_module, "cfg", None), "input", {}).get("format", "BGR"))
         for inp, pred in zip(batch, preds):
-            img = _draw(inp, pred, names, channel_format, self.score_thresh, self.max_boxes)
+            img = _draw(inp, pred, metadata, channel_format, self.score_thresh, self.max_boxes)
             if img is not None:
                 writer.add_image(f"predictions/{self._seen}", img, trainer.global_step)
             self._seen += 1
 
 
-def _class_names(pl_module: LightningModule) -> list[str] | None:
+def _metadata(pl_module: LightningModule) -> Any:
     try:
         from ..data.catalog import MetadataCatalog
 
         names = pl_module.eval_dataset_names()  # type: ignore[operator]
-        return list(MetadataCatalog.get(names[0]).get("thing_classes", None) or []) or None
+        return MetadataCatalog.get(names[0]) if names else None
     except Exception:  # visualisation is best-effort: never break evaluation
         return None
 
 
-def _draw(inp: dict[str, Any], pred: dict[str, Any], names: list[str] | None, channel_format: str,
+def _draw(inp: dict[str, Any], pred: dict[str, Any], metadata: Any, channel_format: str,
           score_thresh: float, max_boxes: int) -> torch.Tensor | None:
-    """The input image (3, H, W) uint8 RGB with predicted boxes drawn, or None if there is nothing to draw on."""
-    from torchvision.utils import draw_bounding_boxes
+    """The input image at the size of the predictions (the original image's ``height`` x ``width``), RGB, with the
+    predictions drawn: a (3, H, W) uint8 tensor, or None if there is no image."""
+    from ..utils.visualizer import Visualizer
 
     image = inp.get("image")
-    if image is None or "instances" not in pred:
+    if image is None:
         return None
-    image = image.detach().cpu()
+    image = image.detach().cpu().float()
     if channel_format == "BGR":
         image = image.flip(0)
-    image = image.clamp(0, 255).to(torch.uint8)
-    inst = pred["instances"].to("cpu")
-    keep = inst.scores >= score_thresh
-    boxes = inst.pred_boxes.tensor[keep][:max_boxes].clone()
-    # predictions are in the original image's coordinates; the tensor may be resized
-    h, w = image.shape[-2:]
-    boxes[:, 0::2] *= w / float(inp.get("width", w))
-    boxes[:, 1::2] *= h / float(inp.get("height", h))
-    classes = inst.pred_classes[keep][:max_boxes].tolist()
-    scores = inst.scores[keep][:max_boxes].tolist()
-    labels = [f"{names[c] if names and c < len(names) else c} {s:.2f}" for c, s in zip(classes, scores)]
-    if len(boxes) == 0:
-        return image
-    return draw_bounding_boxes(image, boxes, labels=labels, width=2)
+    # predictions are in the original image's coordinates; the input tensor may have been resized
+    h, w = int(inp.get("height", image.shape[-2])), int(inp.get("width", image.shape[-1]))
+    if (h, w) != tuple(image.shape[-2:]):
+        image = torch.nn.functional.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    rgb = image.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    vis = Visualizer(rgb, metadata)
+    if "panoptic_seg" in pred:
+        seg, segments_info = pred["panoptic_seg"]
+        out = vis.draw_panoptic_seg(seg.cpu(), segments_info)
+    elif "instances" in pred:
+        inst = pred["instances"].to("cpu")
+        inst = inst[inst.scores >= score_thresh][:max_boxes]
+        out = vis.draw_instance_predictions(inst)
+    elif "sem_seg" in pred:
+        out = vis.draw_sem_seg(pred["sem_seg"].argmax(dim=0).cpu())
+    else:
+        return None
+    return torch.from_numpy(out.get_image().copy()).permute(2, 0, 1).contiguous()

@@ -215,21 +215,26 @@ class DefaultPredictor:
     """detectron2's ``DefaultPredictor``: ``predictor(image)`` runs the model on ONE image.
 
     Args:
-        cfg: the config; ``model.weights`` is loaded; images are resized to ``input.min_size_test`` (max side
-            ``input.max_size_test``); ``input.format`` is the channel order of the images passed in.
+        cfg: the config; ``model.weights`` (detectron2 ``.pth``/``.pkl`` or Lightning ``.ckpt``) is loaded;
+            images are resized to ``input.min_size_test`` (max side ``input.max_size_test``); ``input.format``
+            ("BGR" or "RGB") is the channel order the *model* expects.
 
-    ``__call__(original_image: np.ndarray (H, W, C) uint8 in input.format) -> dict`` (``{"instances": ...}`` in
-    the original image's coordinates).
+    ``__call__(original_image: np.ndarray (H, W, 3) uint8, BGR as OpenCV reads it) -> dict`` (``{"instances":
+    ...}``, ``"sem_seg"``, ``"panoptic_seg"`` as the model returns them, in the original image's coordinates).
+    ``metadata`` is ``MetadataCatalog.get(datasets.test[0])`` (class names for the Visualizer), when set.
     """
 
     def __init__(self, cfg: Any):
         from ..checkpoint import DetectionCheckpointer
+        from ..data import MetadataCatalog
         from ..data.transforms import ResizeShortestEdge
         from ..modeling.meta_arch.build import build_model
 
         self.cfg = copy.deepcopy(cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
+        test_sets = list(OmegaConf.select(cfg, "datasets.test") or [])
+        self.metadata = MetadataCatalog.get(test_sets[0]) if test_sets else None
         if cfg.model.weights:
             DetectionCheckpointer(self.model).load(cfg.model.weights)
         self.aug = ResizeShortestEdge([cfg.input.min_size_test, cfg.input.min_size_test], cfg.input.max_size_test)
@@ -238,6 +243,9 @@ class DefaultPredictor:
             raise ValueError(f"DefaultPredictor supports input.format RGB or BGR, got {self.input_format!r}")
 
     def __call__(self, original_image: np.ndarray) -> dict[str, Any]:
+        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
+            shape = getattr(original_image, "shape", type(original_image).__name__)
+            raise ValueError(f"DefaultPredictor expects one (H, W, 3) uint8 BGR image as a numpy array, got {shape}")
         with torch.no_grad():
             if self.input_format == "RGB":  # the model wants input.format; callers pass OpenCV-style BGR
                 original_image = original_image[:, :, ::-1]

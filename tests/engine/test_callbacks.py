@@ -56,21 +56,33 @@ def test_best_checkpointer_rejects_bad_mode() -> None:
 
 
 def test_draw_predictions_scales_boxes_and_converts_bgr() -> None:
-    image = torch.zeros(3, 20, 40)
+    image = torch.zeros(3, 100, 200)
     image[0] = 255.0  # blue in BGR
-    inst = Instances((10, 20))
-    inst.pred_boxes = Boxes(torch.tensor([[2.0, 2.0, 8.0, 6.0], [0.0, 0.0, 5.0, 5.0]]))
+    inst = Instances((50, 100))  # predictions at the original size: half the input tensor's
+    inst.pred_boxes = Boxes(torch.tensor([[20.0, 20.0, 80.0, 45.0], [0.0, 0.0, 5.0, 5.0]]))
     inst.scores = torch.tensor([0.9, 0.1])
     inst.pred_classes = torch.tensor([1, 0])
-    out = _draw({"image": image, "height": 10, "width": 20}, {"instances": inst}, ["a", "b"], "BGR", 0.5, 10)
-    assert out.shape == (3, 20, 40) and out.dtype == torch.uint8
+    out = _draw({"image": image, "height": 50, "width": 100}, {"instances": inst}, None, "BGR", 0.5, 10)
+    blue = torch.tensor([0, 0, 255], dtype=torch.uint8)
+    assert out.shape == (3, 50, 100) and out.dtype == torch.uint8
     # RGB now: the background is pure blue in channel 2
-    assert out[2, 0, 39] == 255 and out[0, 0, 39] == 0
-    # the kept box (scaled x2 to 4..16 x 4..12) is outlined; inside it the background is untouched
-    assert not torch.equal(out[:, 4, 4:16], torch.tensor([0, 0, 255], dtype=torch.uint8)[:, None].expand(3, 12))
-    assert torch.equal(out[:, 8, 10], torch.tensor([0, 0, 255], dtype=torch.uint8))
+    assert torch.equal(out[:, 49, 99], blue)
+    # the kept box is outlined (its bottom edge at y=45 differs from the background), its middle untouched
+    assert any(not torch.equal(out[:, y, 50], blue) for y in (44, 45, 46))
+    assert torch.equal(out[:, 35, 50], blue)
     # the low-score box at the origin is not drawn
-    assert torch.equal(out[:, 1, 1], torch.tensor([0, 0, 255], dtype=torch.uint8))
+    assert torch.equal(out[:, 2, 2], blue)
+
+
+def test_draw_sem_seg_predictions() -> None:
+    image = torch.zeros(3, 20, 20)
+    logits = torch.zeros(2, 20, 20)
+    logits[1, :, 10:] = 1.0  # class 1 on the right half
+    out = _draw({"image": image}, {"sem_seg": logits}, None, "RGB", 0.5, 10)
+    assert out.shape == (3, 20, 20)
+    # each class region painted in its own colour over the black image
+    assert out[:, 10, 2].sum() > 0 and out[:, 10, 17].sum() > 0
+    assert not torch.equal(out[:, 10, 2], out[:, 10, 17])
 
 
 class _BNModel(nn.Module):
