@@ -6,6 +6,7 @@
     python scripts/train.py resume=true hydra.run.dir=outputs/<date>/<time>   # continue a run
     python scripts/train.py eval_only=true model.weights=outputs/.../checkpoints/model_final.pth
     python scripts/train.py -m solver.base_lr=0.01,0.02              # a sweep: one job per value, multirun/...
+    python scripts/train.py d2_config=configs/my_detectron2.yaml     # a detectron2 yaml (with _BASE_)
 
 Outputs (``paths.output_dir``, the Hydra run dir by default): checkpoints/ (``model_XXXXXXX.pth``,
 ``model_final.pth``, Lightning ``.ckpt``, ``last.ckpt``), metrics.json, tensorboard/, inference/, config.yaml.
@@ -15,13 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from detlightning.config.d2_compat import apply_d2_config
 from detlightning.engine import evaluate, train
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train or evaluate as ``cfg.eval_only`` says; returns the final evaluation results."""
+    if OmegaConf.select(cfg, "d2_config"):
+        # detectron2 yaml: it decides model/input/data/solver/test; trainer, callbacks, loggers, paths stay
+        cfg = apply_d2_config(cfg)
     if cfg.eval_only:
         return evaluate(cfg)
     return train(cfg)

@@ -140,6 +140,7 @@ class MetricsWriter(Callback):
         self.print_metrics = print_metrics
         self.window_size = window_size
         self._json: JSONWriter | None = None
+        self._last_write = -1
         self._printer: CommonMetricPrinter | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -149,6 +150,7 @@ class MetricsWriter(Callback):
             path = self.json_file or os.path.join(_output_dir(trainer, pl_module), "metrics.json")
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._json = JSONWriter(path, window_size=self.window_size)
+            self._json._last_write = self._last_write  # what an earlier fit/validate of this run wrote
         max_iter = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self._printer = CommonMetricPrinter(max_iter, window_size=self.window_size)
 
@@ -175,8 +177,11 @@ class MetricsWriter(Callback):
         self._write(pl_module, print_line=False)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # closed after each fit/validate/test; the next one's setup reopens the file in append mode
         if self._json is not None:
-            self._json._file_handle.flush()
+            self._last_write = self._json._last_write
+            self._json.close()
+            self._json = None
 
 
 def _save_pth(pl_module: LightningModule, directory: str, name: str, iteration: int) -> None:

@@ -10,6 +10,7 @@ from omegaconf import ListConfig
 from torch import nn
 
 from ..config import configurable
+from ..config.d2_compat import as_detlightning_cfg
 from ..layers import ShapeSpec
 from ..structures import Boxes
 from .build import build_component
@@ -69,7 +70,10 @@ def _create_grid_offsets(
     size: Sequence[int], stride: int, offset: float, target_device_tensor: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened (H*W,) x and y pixel positions of the grid cells, row-major (y slow, x fast)."""
-    grid_height, grid_width = int(size[0]), int(size[1])
+    grid_height, grid_width = size[0], size[1]
+    if not torch.jit.is_tracing():
+        grid_height, grid_width = int(grid_height), int(grid_width)
+    # while tracing they stay 0-dim tensors, so the traced arange follows the feature-map size of each input
     # Built directly on the target device (no host-to-device copy per forward); for the usual offsets (0, 0.5) the
     # values are exact in float32 on any device.
     device = target_device_tensor.device
@@ -184,4 +188,5 @@ class DefaultAnchorGenerator(nn.Module):
 
 def build_anchor_generator(cfg: Any, input_shape: list[ShapeSpec]) -> nn.Module:
     """The anchor generator that ``cfg.model.anchor_generator`` selects (``name:`` or ``_target_:``)."""
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     return build_component(ANCHOR_GENERATOR_REGISTRY, cfg.model.anchor_generator, cfg, input_shape)

@@ -122,11 +122,19 @@ def _check_tensors(tensors: Sequence[torch.Tensor]) -> None:
             )
 
 
+def _traced_size(shape: Sequence[Any]) -> torch.Tensor:
+    """(2,) int64 (h, w); while tracing, the entries of ``tensor.shape`` are 0-dim tensors tied to the input."""
+    if all(isinstance(s, torch.Tensor) for s in shape):
+        return torch.stack(list(shape))
+    return torch.tensor([int(s) for s in shape], dtype=torch.int64)
+
+
 def _from_tensors_traced(
     tensors: list[torch.Tensor], size_divisibility: int, pad_value: float, square_size: int
 ) -> ImageList:
     # Under tracing the sizes must stay tensors so the traced graph works for other input sizes.
-    sizes = [torch.stack([torch.as_tensor(im.shape[-2]), torch.as_tensor(im.shape[-1])]) for im in tensors]
+    # (torch.as_tensor would detach a traced size from the graph and record it as a constant)
+    sizes = [_traced_size(im.shape[-2:]) for im in tensors]
     max_size = torch.stack(sizes).max(0).values
     if square_size > 0:
         max_size = torch.full_like(max_size, square_size)

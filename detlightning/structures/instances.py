@@ -103,8 +103,9 @@ class Instances:
 
     def __len__(self) -> int:
         for v in self._fields.values():
-            # fields are kept equally long by set(), so the first one tells
-            return len(v)
+            # fields are kept equally long by set(), so the first one tells. __len__() rather than len(): while
+            # tracing a tensor's __len__ returns a traced size, which len() would freeze into a constant.
+            return v.__len__()
         raise NotImplementedError("Empty Instances does not support __len__: it has no fields yet")
 
     def __iter__(self):
@@ -127,7 +128,7 @@ class Instances:
 
         image_size = instance_lists[0].image_size
         for i in instance_lists[1:]:
-            if i.image_size != image_size:
+            if not _same_size(i.image_size, image_size):
                 raise ValueError(f"Instances.cat: image sizes differ, {i.image_size} vs {image_size}")
         ret = Instances(image_size)
         for k in instance_lists[0]._fields.keys():
@@ -154,3 +155,11 @@ class Instances:
         return s
 
     __repr__ = __str__
+
+
+def _same_size(a: Any, b: Any) -> bool:
+    """Whether two image sizes are equal; sizes are (h, w) tuples, or (2,) tensors in a traced model (where the
+    comparison cannot be recorded and is skipped: every level of one image shares its size)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b or torch.jit.is_tracing() or torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    return a == b

@@ -105,6 +105,7 @@ def _keypoints_to_heatmap(
     return heatmaps, valid
 
 
+@torch.jit.script_if_tracing
 def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
     """Read keypoint locations off the keypoint head's heatmap logits.
 
@@ -135,12 +136,13 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     width_corrections = widths / widths_ceil
     height_corrections = heights / heights_ceil
     keypoints_idx = torch.arange(num_keypoints, device=maps.device)
-    # one host sync for all output sizes instead of one per ROI
-    out_sizes = torch.stack([heights_ceil, widths_ceil], dim=1).to(torch.int64).tolist()
+    # one host sync for all output sizes instead of one per ROI (annotated: scripted when traced)
+    out_sizes: list[list[int]] = torch.stack([heights_ceil, widths_ceil], dim=1).to(torch.int64).tolist()
 
     # Each ROI is resized to its own size, which no single batched op does; the loop is over ROIs only.
     for i in range(num_rois):
-        roi_map = F.interpolate(maps[[i]], size=tuple(out_sizes[i]), mode="bicubic", align_corners=False)[0]
+        out_size = (out_sizes[i][0], out_sizes[i][1])
+        roi_map = F.interpolate(maps[i : i + 1], size=out_size, mode="bicubic", align_corners=False)[0]
 
         # softmax over the spatial region, normalised at pooled resolution
         max_score = roi_map.reshape(num_keypoints, -1).max(1).values.view(num_keypoints, 1, 1)

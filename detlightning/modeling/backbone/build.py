@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import ShapeSpec
 from ..build import build_component
 from ..registry import BACKBONE_REGISTRY
@@ -19,6 +20,7 @@ def build_backbone(cfg: Any, input_shape: ShapeSpec | None = None) -> Backbone:
     Returns:
         a :class:`Backbone` (registered builders are called as ``builder(cfg, input_shape)``).
     """
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     if input_shape is None:
         input_shape = ShapeSpec(channels=len(cfg.model.pixel_mean))
     backbone = build_component(BACKBONE_REGISTRY, cfg.model.backbone, cfg, input_shape)

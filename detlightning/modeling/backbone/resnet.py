@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
@@ -417,6 +418,7 @@ def build_resnet_backbone(cfg: Any, input_shape: ShapeSpec) -> ResNet:
     Only the stages up to the last of ``model.resnets.out_features`` are built (C4 models keep res5 in the ROI
     heads).
     """
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     r = cfg.model.resnets
     norm = r.norm
     freeze_at = int(cfg.model.backbone.freeze_at)

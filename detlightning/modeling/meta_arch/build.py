@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...config.d2_compat import as_detlightning_cfg
 from ..build import build_component
 from ..registry import META_ARCH_REGISTRY
 
@@ -22,6 +23,7 @@ def build_model(cfg: Any) -> nn.Module:
     ``@META_ARCH_REGISTRY.register()`` class, ...), called as ``cls(cfg)``, or a node with ``_target_``.
     No weights are loaded: use ``DetectionCheckpointer(model).load(cfg.model.weights)`` for that.
     """
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     meta_arch = cfg.model.meta_architecture
     model = build_component(META_ARCH_REGISTRY, meta_arch, cfg)
     if not isinstance(model, nn.Module):

@@ -163,7 +163,11 @@ class DenseDetector(nn.Module):
         keep_idxs = pred_scores > score_thresh
         pred_scores = pred_scores[keep_idxs]
         topk_idxs = torch.nonzero(keep_idxs)  # (M, 2): anchor index, class index (row-major = flattened order)
-        num_topk = min(topk_candidates, topk_idxs.size(0))
+        num_candidates = topk_idxs.size(0)
+        if isinstance(num_candidates, torch.Tensor):  # a traced size: Python's min() would freeze the branch taken
+            num_topk = torch.clamp(num_candidates, max=topk_candidates)
+        else:
+            num_topk = min(topk_candidates, num_candidates)
         pred_scores, idxs = pred_scores.topk(num_topk)
         topk_idxs = topk_idxs[idxs]
         anchor_idxs, classes_idxs = topk_idxs.unbind(dim=1)

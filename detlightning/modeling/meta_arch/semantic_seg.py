@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config import configurable
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, ShapeSpec, get_norm
 from ...structures import ImageList
 from ..backbone import Backbone, build_backbone
@@ -113,6 +114,7 @@ class SemanticSegmentor(nn.Module):
 
 def build_sem_seg_head(cfg: Any, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """The head named by ``cfg.model.sem_seg_head`` (``name`` in SEM_SEG_HEADS_REGISTRY, or ``_target_``)."""
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     return build_component(SEM_SEG_HEADS_REGISTRY, cfg.model.sem_seg_head, cfg, input_shape)
 
 

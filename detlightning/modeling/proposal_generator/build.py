@@ -6,6 +6,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import ShapeSpec
 from ..build import build_component
 from ..registry import PROPOSAL_GENERATOR_REGISTRY
@@ -23,6 +24,7 @@ def build_proposal_generator(cfg: Any, input_shape: dict[str, ShapeSpec]) -> nn.
     Args:
         input_shape: the backbone's output shapes, feature name -> ShapeSpec.
     """
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     node = cfg.model.proposal_generator
     name = node.get("name") if isinstance(node, DictConfig) else node
     if name == "PrecomputedProposals" and not (isinstance(node, DictConfig) and "_target_" in node):

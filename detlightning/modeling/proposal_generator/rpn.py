@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, ShapeSpec, cat
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
@@ -32,6 +33,7 @@ _LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_loc")
 
 def build_rpn_head(cfg: Any, input_shape: list[ShapeSpec]) -> nn.Module:
     """The RPN head named by ``cfg.model.rpn.head_name`` (a registered name, or a node with ``_target_``)."""
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     return build_component(RPN_HEAD_REGISTRY, cfg.model.rpn.head_name, cfg, input_shape)
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ...config import configurable
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, Linear, ShapeSpec, get_norm
 from ..backbone.resnet import c2_msra_fill, c2_xavier_fill
 from ..build import build_component
@@ -114,4 +115,5 @@ class FastRCNNConvFCHead(nn.Sequential):
 
 def build_box_head(cfg, input_shape: ShapeSpec) -> nn.Module:
     """The box head selected by ``cfg.model.roi_box_head`` (``name`` in ROI_BOX_HEAD_REGISTRY or ``_target_``)."""
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     return build_component(ROI_BOX_HEAD_REGISTRY, cfg.model.roi_box_head, cfg, input_shape)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, interpolate
 from ...structures import Instances, heatmaps_to_keypoints
 from ...utils.events import get_event_storage
@@ -30,6 +31,7 @@ _TOTAL_SKIPPED = 0
 def build_keypoint_head(cfg, input_shape: ShapeSpec | dict[str, ShapeSpec]) -> nn.Module:
     """The keypoint head selected by ``cfg.model.roi_keypoint_head`` (``name`` in ROI_KEYPOINT_HEAD_REGISTRY or
     ``_target_``)."""
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     return build_component(ROI_KEYPOINT_HEAD_REGISTRY, cfg.model.roi_keypoint_head, cfg, input_shape)
 
 

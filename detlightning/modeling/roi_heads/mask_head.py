@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
 from ...structures import Instances
 from ...utils.events import get_event_storage
@@ -225,4 +226,5 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
 
 def build_mask_head(cfg, input_shape: ShapeSpec | dict[str, ShapeSpec]) -> nn.Module:
     """The mask head selected by ``cfg.model.roi_mask_head`` (``name`` in ROI_MASK_HEAD_REGISTRY or ``_target_``)."""
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     return build_component(ROI_MASK_HEAD_REGISTRY, cfg.model.roi_mask_head, cfg, input_shape)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ...config import configurable
+from ...config.d2_compat import as_detlightning_cfg
 from ...layers import ShapeSpec, nonzero_tuple
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """The ROI heads selected by ``cfg.model.roi_heads`` (``name`` in ROI_HEADS_REGISTRY or ``_target_``)."""
+    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     return build_component(ROI_HEADS_REGISTRY, cfg.model.roi_heads, cfg, input_shape)
 
 

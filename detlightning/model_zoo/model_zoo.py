@@ -1,0 +1,191 @@
+"""Model-zoo lookups: name -> shipped detectron2 yaml, converted config, checkpoint URL, built model.
+
+The yaml files under ``configs/`` are detectron2's model-zoo files for the standard entries (same keys and
+hyper-parameters, ``_BASE_`` chains included). Checkpoints are detectron2's released ``model_final_*.pkl`` files:
+``DetectionCheckpointer`` downloads them into the cache (``$DETLIGHTNING_CACHE``, default
+``~/.torch/detlightning_cache``); offline, the error names the URL and the local path to place the file at.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from ..checkpoint import DetectionCheckpointer
+from ..config import CfgNode, get_d2_cfg, to_detlightning_cfg
+from ..modeling import build_model
+
+__all__ = ["get", "get_checkpoint_url", "get_config", "get_config_file", "get_d2_config", "list_configs"]
+
+logger = logging.getLogger(__name__)
+
+_CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+
+
+class _ModelZooUrls:
+    """Released detectron2 checkpoints: ``<S3_PREFIX><name without extension>/<model id>/model_final_<hash>.pkl``."""
+
+    S3_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
+
+    # config name (no extension) -> "<model id>/<file name>"
+    CONFIG_PATH_TO_URL_SUFFIX: dict[str, str] = {
+        # COCO detection: Faster R-CNN
+        "COCO-Detection/faster_rcnn_R_50_C4_1x": "137257644/model_final_721ade.pkl",
+        "COCO-Detection/faster_rcnn_R_50_DC5_1x": "137847829/model_final_51d356.pkl",
+        "COCO-Detection/faster_rcnn_R_50_FPN_1x": "137257794/model_final_b275ba.pkl",
+        "COCO-Detection/faster_rcnn_R_50_C4_3x": "137849393/model_final_f97cb7.pkl",
+        "COCO-Detection/faster_rcnn_R_50_DC5_3x": "137849425/model_final_68d202.pkl",
+        "COCO-Detection/faster_rcnn_R_50_FPN_3x": "137849458/model_final_280758.pkl",
+        "COCO-Detection/faster_rcnn_R_101_C4_3x": "138204752/model_final_298dad.pkl",
+        "COCO-Detection/faster_rcnn_R_101_DC5_3x": "138204841/model_final_3e0943.pkl",
+        "COCO-Detection/faster_rcnn_R_101_FPN_3x": "137851257/model_final_f6e8b1.pkl",
+        "COCO-Detection/faster_rcnn_X_101_32x8d_FPN_3x": "139173657/model_final_68b088.pkl",
+        # COCO detection: RetinaNet
+        "COCO-Detection/retinanet_R_50_FPN_1x": "190397773/model_final_bfca0b.pkl",
+        "COCO-Detection/retinanet_R_50_FPN_3x": "190397829/model_final_5bd44e.pkl",
+        "COCO-Detection/retinanet_R_101_FPN_3x": "190397697/model_final_971ab9.pkl",
+        # COCO detection: RPN and Fast R-CNN
+        "COCO-Detection/rpn_R_50_C4_1x": "137258005/model_final_450694.pkl",
+        "COCO-Detection/rpn_R_50_FPN_1x": "137258492/model_final_02ce48.pkl",
+        "COCO-Detection/fast_rcnn_R_50_FPN_1x": "137635226/model_final_e5f7ce.pkl",
+        # COCO instance segmentation: Mask R-CNN
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x": "137259246/model_final_9243eb.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_1x": "137260150/model_final_4f86c3.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x": "137260431/model_final_a54504.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_3x": "137849525/model_final_4ce675.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_DC5_3x": "137849551/model_final_84107b.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x": "137849600/model_final_f10217.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_101_C4_3x": "138363239/model_final_a2914c.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_101_DC5_3x": "138363294/model_final_0464b7.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x": "138205316/model_final_a3ec72.pkl",
+        "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x": "139653917/model_final_2d9806.pkl",
+        # COCO person keypoints: Keypoint R-CNN
+        "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x": "137261548/model_final_04e291.pkl",
+        "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x": "137849621/model_final_a6e10b.pkl",
+        "COCO-Keypoints/keypoint_rcnn_R_101_FPN_3x": "138363331/model_final_997cc7.pkl",
+        "COCO-Keypoints/keypoint_rcnn_X_101_32x8d_FPN_3x": "139686956/model_final_5ad38f.pkl",
+        # COCO panoptic segmentation: Panoptic FPN
+        "COCO-PanopticSegmentation/panoptic_fpn_R_50_1x": "139514544/model_final_dbfeb4.pkl",
+        "COCO-PanopticSegmentation/panoptic_fpn_R_50_3x": "139514569/model_final_c10459.pkl",
+        "COCO-PanopticSegmentation/panoptic_fpn_R_101_3x": "139514519/model_final_cafdb1.pkl",
+        # LVIS v0.5, Cityscapes, Pascal VOC
+        "LVISv0.5-InstanceSegmentation/mask_rcnn_R_50_FPN_1x": "144219072/model_final_571f7c.pkl",
+        "LVISv0.5-InstanceSegmentation/mask_rcnn_R_101_FPN_1x": "144219035/model_final_824ab5.pkl",
+        "LVISv0.5-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_1x": "144219108/model_final_5e3439.pkl",
+        "Cityscapes/mask_rcnn_R_50_FPN": "142423278/model_final_af9cf5.pkl",
+        "PascalVOC-Detection/faster_rcnn_R_50_C4": "142202221/model_final_b1acc2.pkl",
+        # other settings
+        "Misc/mask_rcnn_R_50_FPN_1x_dconv_c3-c5": "138602867/model_final_65c703.pkl",
+        "Misc/mask_rcnn_R_50_FPN_3x_dconv_c3-c5": "144998336/model_final_821d0b.pkl",
+        "Misc/cascade_mask_rcnn_R_50_FPN_1x": "138602847/model_final_e9d89b.pkl",
+        "Misc/cascade_mask_rcnn_R_50_FPN_3x": "144998488/model_final_480dd8.pkl",
+        "Misc/mask_rcnn_R_50_FPN_3x_syncbn": "169527823/model_final_3b3c51.pkl",
+        "Misc/mask_rcnn_R_50_FPN_3x_gn": "138602888/model_final_dc5d9e.pkl",
+        "Misc/scratch_mask_rcnn_R_50_FPN_3x_gn": "138602908/model_final_01ca85.pkl",
+        "Misc/scratch_mask_rcnn_R_50_FPN_9x_gn": "183808979/model_final_da7b4c.pkl",
+        "Misc/scratch_mask_rcnn_R_50_FPN_9x_syncbn": "184226666/model_final_5ce33e.pkl",
+        "Misc/panoptic_fpn_R_101_dconv_cascade_gn_3x": "139797668/model_final_be35db.pkl",
+        "Misc/cascade_mask_rcnn_X_152_32x8d_FPN_IN5k_gn_dconv": "18131413/model_0039999_e76410.pkl",
+        # Detectron1 comparisons
+        "Detectron1-Comparisons/faster_rcnn_R_50_FPN_noaug_1x": "137781054/model_final_7ab50c.pkl",
+        "Detectron1-Comparisons/mask_rcnn_R_50_FPN_noaug_1x": "137781281/model_final_62ca52.pkl",
+        "Detectron1-Comparisons/keypoint_rcnn_R_50_FPN_1x": "137781195/model_final_cce136.pkl",
+    }
+
+    @classmethod
+    def query(cls, config_path: str) -> str | None:
+        """The checkpoint URL for a config name (with or without ``.yaml``), or None."""
+        name = _strip_extension(config_path)
+        suffix = cls.CONFIG_PATH_TO_URL_SUFFIX.get(name)
+        return None if suffix is None else f"{cls.S3_PREFIX}{name}/{suffix}"
+
+
+def _strip_extension(config_path: str) -> str:
+    for ext in (".yaml", ".py"):
+        if config_path.endswith(ext):
+            return config_path[: -len(ext)]
+    return config_path
+
+
+def list_configs() -> list[str]:
+    """The config names shipped with detlightning (``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``, ...),
+    without the ``Base-*`` files they build on."""
+    return sorted(
+        p.relative_to(_CONFIG_ROOT).as_posix() for p in _CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith("Base-")
+    )
+
+
+def get_checkpoint_url(config_path: str) -> str:
+    """URL of detectron2's released model trained with ``config_path``
+    (e.g. ``"COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"``).
+
+    Raises:
+        RuntimeError: no released model for that name (detectron2 raises the same type).
+    """
+    url = _ModelZooUrls.query(config_path)
+    if url is None:
+        raise RuntimeError(
+            f"No pretrained model for {config_path!r} in the model zoo. Known names: "
+            f"{sorted(n + '.yaml' for n in _ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX)}"
+        )
+    return url
+
+
+def get_config_file(config_path: str) -> str:
+    """Absolute path of the shipped detectron2 yaml for ``config_path``.
+
+    Raises:
+        RuntimeError: not shipped (the message lists what is).
+    """
+    name = config_path if config_path.endswith(".yaml") else config_path + ".yaml"
+    path = _CONFIG_ROOT / name
+    if ".." in Path(name).parts or not path.is_file():
+        raise RuntimeError(f"{config_path!r} is not available in the model zoo. Available: {list_configs()}")
+    return str(path)
+
+
+def get_d2_config(config_path: str, trained: bool = False) -> CfgNode:
+    """The model-zoo config as detectron2's ``CfgNode`` (what ``detectron2.model_zoo.get_config`` returns).
+
+    Args:
+        trained: set ``MODEL.WEIGHTS`` to the released trained model instead of the file's ImageNet backbone.
+    """
+    cfg = get_d2_cfg()
+    cfg.merge_from_file(get_config_file(config_path))
+    if trained:
+        cfg.MODEL.WEIGHTS = get_checkpoint_url(config_path)
+    return cfg
+
+
+def get_config(config_path: str, trained: bool = False) -> DictConfig:
+    """The model-zoo config converted to detlightning's Hydra config (``model.weights`` is the trained model's
+    URL when ``trained``, else the file's ImageNet backbone). ``get_d2_config`` gives the ``CfgNode``."""
+    return to_detlightning_cfg(get_d2_config(config_path, trained=trained))
+
+
+def get(config_path: str, trained: bool = False, device: str | None = None) -> nn.Module:
+    """A model-zoo model, as in detectron2: built from the config and loaded with ``model.weights`` (the released
+    trained model when ``trained``, else the ImageNet backbone the config names). In training mode.
+
+    Args:
+        device: e.g. ``"cpu"``; default: ``"cuda"`` when available, else ``"cpu"``.
+
+    Raises:
+        FileNotFoundError: the checkpoint is not cached and cannot be downloaded; the message names the URL and
+            the local path to place the file at.
+    """
+    import torch  # noqa: PLC0415
+
+    cfg = get_config(config_path, trained=trained)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    OmegaConf.update(cfg, "model.device", device)
+    model = build_model(cfg)
+    weights = cfg.model.weights
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    else:
+        logger.warning("%s names no weights: the model is randomly initialised", config_path)
+    return model
