@@ -12,16 +12,13 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from detlightning.engine import evaluate
+from detlightning.engine import evaluate, primary_metric
 
 
 @hydra.main(config_path="pkg://detlightning.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     results = evaluate(cfg)
-    for res in results.values():
-        if isinstance(res, dict) and "bbox" in res and "AP" in res["bbox"]:
-            return float(res["bbox"]["AP"])
-    return None
+    return primary_metric(results)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from detlightning.config.d2_compat import apply_d2_config
-from detlightning.engine import evaluate, train
+from detlightning.engine import evaluate, primary_metric, train
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -36,10 +36,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     results = run(cfg)
     # the return value is what Hydra sweepers optimise: the box AP of the first dataset, when there is one
-    for res in results.values():
-        if isinstance(res, dict) and "bbox" in res and "AP" in res["bbox"]:
-            return float(res["bbox"]["AP"])
-    return None
+    return primary_metric(results)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ _EXPORTS = {
     "evaluate": "defaults",
     "find_resume_checkpoint": "defaults",
     "prepare_cfg": "defaults",
+    "primary_metric": "defaults",
     "train": "defaults",
     "DetectionModule": "module",
     "build_lr_scheduler": "solver",

@@ -29,6 +29,7 @@ __all__ = [
     "evaluate",
     "find_resume_checkpoint",
     "prepare_cfg",
+    "primary_metric",
     "train",
 ]
 
@@ -193,6 +194,15 @@ def evaluate(cfg: DictConfig, module_cls: type[DetectionModule] = DetectionModul
     results = _final_results(module, trainer)
     _print_final(results)
     return results
+
+
+def primary_metric(results: Mapping[str, Any]) -> float | None:
+    """The box AP of the first dataset that has one (what ``scripts/train.py`` returns to Hydra sweepers), else
+    None."""
+    for res in results.values():
+        if isinstance(res, Mapping) and isinstance(res.get("bbox"), Mapping) and "AP" in res["bbox"]:
+            return float(res["bbox"]["AP"])
+    return None
 
 
 def _print_final(results: Mapping[str, Any]) -> None:

@@ -245,3 +245,10 @@ def test_resume_after_process_killed_mid_run(shapes_root: Path, tmp_path: Path) 
     assert lrs[0] == pytest.approx(0.005) and lrs[1] == pytest.approx(0.0075)
     assert [lrs[i] for i in (2, 3, 4, 5)] == pytest.approx([0.01, 0.01, 0.001, 0.001])
     assert torch.load(ckpts / "model_final.pth", weights_only=True)["iteration"] == 5
+
+
+def test_primary_metric_is_first_box_ap() -> None:
+    from detlightning.engine import primary_metric
+
+    assert primary_metric({"a": {"segm": {"AP": 1.0}}, "b": {"bbox": {"AP": 2.5}}, "c": {"bbox": {"AP": 9.0}}}) == 2.5
+    assert primary_metric({"a": {"sem_seg": {"mIoU": 50.0}}}) is None and primary_metric({}) is None
