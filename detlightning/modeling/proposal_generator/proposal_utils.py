@@ -23,15 +23,16 @@ logger = logging.getLogger(__name__)
 _GT_LOGIT_VALUE = math.log((1.0 - 1e-10) / (1 - (1.0 - 1e-10)))
 
 
+def _as_0d(v: int | torch.Tensor) -> torch.Tensor:
+    return v if isinstance(v, torch.Tensor) else torch.tensor(v)
+
+
 def _image_size_tensor(image_sizes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
     """(N, 2) float (height, width) per image; works for int sizes and for 0-dim tensors (tracing)."""
     if all(isinstance(s, (tuple, list)) and not isinstance(s[0], torch.Tensor) for s in image_sizes):
         return torch.tensor([[float(h), float(w)] for h, w in image_sizes], dtype=torch.float32, device=device)
     # traced sizes are tensors (or tuples of 0-dim tensors): torch.as_tensor would record them as constants
-    rows = [
-        s if isinstance(s, torch.Tensor) else torch.stack([v if isinstance(v, torch.Tensor) else torch.tensor(v) for v in s])
-        for s in image_sizes
-    ]
+    rows = [s if isinstance(s, torch.Tensor) else torch.stack([_as_0d(v) for v in s]) for s in image_sizes]
     return torch.stack(rows).to(device=device, dtype=torch.float32)
 
 
