@@ -68,3 +68,21 @@ def test_configurable_function():
     cfg = get_cfg(["model.roi_heads.num_classes=2"])
     assert _make(5) == 5
     assert _make(cfg, scale=3) == 6
+
+
+def test_roi_heads_and_proposal_generator_groups_swap_model_parts() -> None:
+    from detlightning.modeling import build_model
+    from detlightning.modeling.roi_heads import CascadeROIHeads
+
+    cfg = get_cfg(["model=mask_rcnn", "roi_heads=cascade", "model.resnets.depth=18",
+                   "model.resnets.res2_out_channels=64"])
+    assert cfg.model.roi_heads.name == "CascadeROIHeads" and cfg.model.roi_box_head.cls_agnostic_bbox_reg
+    assert cfg.model.mask_on and cfg.model.roi_heads.num_classes == 3  # the model's and the dataset's settings stay
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads, CascadeROIHeads) and model.roi_heads.mask_on
+    # unselected (null) groups leave the model's own parts
+    assert get_cfg(["model=mask_rcnn"]).model.roi_heads.name == "StandardROIHeads"
+    pre = get_cfg(["proposal_generator=precomputed"])
+    assert pre.model.proposal_generator.name == "PrecomputedProposals" and pre.model.load_proposals
+    with pytest.raises(Exception, match="cascade"):  # unknown option: Hydra lists the valid ones
+        get_cfg(["roi_heads=cascadde"])

@@ -86,9 +86,10 @@ def tiny_model():
     return get
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _fast_cpu():
-    """One thread per pytest worker (2 cores), and subnormal floats flushed to zero: the random-weight tiny models
+    """While tests/export runs (package scope: restored afterwards), one thread per pytest worker (2 cores) and
+    subnormal floats flushed to zero: the random-weight tiny models
     produce many subnormal activations, which slow CPU convolutions down ~20x. Eager and exported models run
     in the same process (onnxruntime too), so the comparisons are unaffected."""
     threads = torch.get_num_threads()
