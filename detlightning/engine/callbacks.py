@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -109,7 +110,7 @@ class LRLogger(Callback):
 
 
 class MemoryStats(Callback):
-    """Put ``max_mem`` (MiB): peak CUDA memory allocated on GPU, resident set size of the process on CPU."""
+    """Put ``max_mem`` (MiB): peak CUDA memory allocated on GPU, peak resident set size of the process on CPU."""
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -118,14 +119,21 @@ class MemoryStats(Callback):
         if pl_module.device.type == "cuda":
             mem = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
         else:
-            try:
-                import psutil
-
-                mem = psutil.Process().memory_info().rss / 2**20
-            except ImportError:  # psutil is optional
+            mem = _peak_rss_mib()
+            if mem is None:
                 return
         storage.put_scalar("max_mem", mem, smoothing_hint=False, cur_iter=storage.iter)
         pl_module.log("max_mem", mem, on_step=True, on_epoch=False, batch_size=1)
+
+
+def _peak_rss_mib() -> float | None:
+    """Peak resident set size of this process in MiB (Linux/macOS), None where the OS does not tell."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 class MetricsWriter(Callback):
@@ -385,7 +393,8 @@ def _draw(inp: dict[str, Any], pred: dict[str, Any], metadata: Any, channel_form
     if (h, w) != tuple(image.shape[-2:]):
         image = torch.nn.functional.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     rgb = image.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    vis = Visualizer(rgb, metadata)
+    # small images (e.g. the shapes dataset's) are drawn enlarged so that labels stay readable
+    vis = Visualizer(rgb, metadata, scale=max(1.0, 320.0 / min(h, w)))
     if "panoptic_seg" in pred:
         seg, segments_info = pred["panoptic_seg"]
         out = vis.draw_panoptic_seg(seg.cpu(), segments_info)

@@ -33,9 +33,10 @@ def test_mask_rcnn_outputs(mask_rcnn_run) -> None:
     assert iters == sorted(iters) and iters[0] == 1 and 3 in iters  # period 2: iterations 1 and 3
     train_line = next(line for line in lines if line["iteration"] == 1)
     for key in ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc", "lr",
-                "time", "data_time", "fast_rcnn/cls_accuracy"):
+                "time", "data_time", "fast_rcnn/cls_accuracy", "max_mem"):
         assert key in train_line, key
     assert 0 < train_line["total_loss"] < 100 and 0 <= train_line["fast_rcnn/cls_accuracy"] <= 1
+    assert 50 < train_line["max_mem"] < 64 * 1024  # MiB: the peak RSS of a process that imported torch
     assert any("bbox/AP" in line for line in lines)  # evaluation results join the metrics file
 
     ckpt = out / "checkpoints"
