@@ -328,8 +328,9 @@ class VisualizePredictions(Callback):
     class names, masks, keypoints; else the semantic or panoptic segmentation) and add them to TensorBoard as
     ``predictions/<i>`` (detectron2's ``VIS_PERIOD`` role, at evaluation time)."""
 
-    def __init__(self, num_images: int = 4, score_thresh: float = 0.5, max_boxes: int = 30):
+    def __init__(self, num_images: int = 4, score_thresh: float = 0.5, max_boxes: int = 30, min_side: int = 320):
         self.num_images, self.score_thresh, self.max_boxes = int(num_images), float(score_thresh), int(max_boxes)
+        self.min_side = int(min_side)  # small images (e.g. shapes') are drawn enlarged so labels stay readable
         self._seen = 0
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -360,7 +361,7 @@ class VisualizePredictions(Callback):
         metadata = _metadata(pl_module)
         channel_format = str(getattr(getattr(pl_module, "cfg", None), "input", {}).get("format", "BGR"))
         for inp, pred in zip(batch, preds):
-            img = _draw(inp, pred, metadata, channel_format, self.score_thresh, self.max_boxes)
+            img = _draw(inp, pred, metadata, channel_format, self.score_thresh, self.max_boxes, self.min_side)
             if img is not None:
                 writer.add_image(f"predictions/{self._seen}", img, trainer.global_step)
             self._seen += 1
@@ -377,9 +378,10 @@ def _metadata(pl_module: LightningModule) -> Any:
 
 
 def _draw(inp: dict[str, Any], pred: dict[str, Any], metadata: Any, channel_format: str,
-          score_thresh: float, max_boxes: int) -> torch.Tensor | None:
-    """The input image at the size of the predictions (the original image's ``height`` x ``width``), RGB, with the
-    predictions drawn: a (3, H, W) uint8 tensor, or None if there is no image."""
+          score_thresh: float, max_boxes: int, min_side: int = 0) -> torch.Tensor | None:
+    """The input image at the size of the predictions (the original image's ``height`` x ``width``, enlarged so
+    that its short side is at least ``min_side``), RGB, with the predictions drawn: a (3, H', W') uint8 tensor, or
+    None if there is no image."""
     from ..utils.visualizer import Visualizer
 
     image = inp.get("image")
@@ -393,8 +395,7 @@ def _draw(inp: dict[str, Any], pred: dict[str, Any], metadata: Any, channel_form
     if (h, w) != tuple(image.shape[-2:]):
         image = torch.nn.functional.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
     rgb = image.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    # small images (e.g. the shapes dataset's) are drawn enlarged so that labels stay readable
-    vis = Visualizer(rgb, metadata, scale=max(1.0, 320.0 / min(h, w)))
+    vis = Visualizer(rgb, metadata, scale=max(1.0, min_side / min(h, w)))
     if "panoptic_seg" in pred:
         seg, segments_info = pred["panoptic_seg"]
         out = vis.draw_panoptic_seg(seg.cpu(), segments_info)

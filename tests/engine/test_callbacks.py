@@ -72,6 +72,9 @@ def test_draw_predictions_scales_boxes_and_converts_bgr() -> None:
     assert torch.equal(out[:, 35, 50], blue)
     # the low-score box at the origin is not drawn
     assert torch.equal(out[:, 2, 2], blue)
+    # small images are enlarged for TensorBoard
+    big = _draw({"image": image, "height": 50, "width": 100}, {"instances": inst}, None, "BGR", 0.5, 10, min_side=200)
+    assert big.shape == (3, 200, 400)
 
 
 def test_draw_sem_seg_predictions() -> None:
