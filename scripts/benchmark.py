@@ -112,9 +112,20 @@ def bench_rcnn(args: argparse.Namespace) -> None:
 
 
 def bench_loader(args: argparse.Namespace) -> None:
+    from detlightning.config import get_cfg
     from detlightning.data.benchmark import benchmark_train_loader
 
-    print(benchmark_train_loader(args.dataset, args.iters))
+    workers = [f"dataloader.num_workers={args.workers}", "dataloader.ims_per_batch=2"]
+    rate = benchmark_train_loader(args.dataset, args.iters, overrides=workers)
+    print(f"train loader, {args.dataset} (256 px shapes, default augmentations): {rate:.1f} images/s")
+    # COCO-sized: shapes images drawn at 800 px short side, COCO's training resize (640-800, max 1333) + flip
+    coco_sized = get_cfg(workers + [
+        "data=shapes", "datasets.shapes.prefix=shapes800", "datasets.shapes.image_size=800",
+        "datasets.shapes.num_train=64", "datasets.shapes.num_val=4", "datasets.train=[shapes800_train]",
+        "input.min_size_train=[640,672,704,736,768,800]", "input.max_size_train=1333",
+    ])
+    rate = benchmark_train_loader(coco_sized, args.iters)
+    print(f"train loader, COCO-sized images (800 px, resize 640-800/1333): {rate:.1f} images/s")
 
 
 def bench_coco_eval(args: argparse.Namespace) -> None:
@@ -135,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("loader", help="training data loader images/second")
     p.add_argument("--dataset", default="shapes_train")
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--workers", type=int, default=2, help="dataloader.num_workers")
     p.set_defaults(func=bench_loader)
     p = sub.add_parser("coco_eval", help="COCO evaluation speed vs pycocotools")
     p.add_argument("--images", type=int, default=5000)
