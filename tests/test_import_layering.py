@@ -80,6 +80,7 @@ def test_plain_torch_entry_points_import_without_lightning():
     code = (
         "import sys\n"
         "import detlightning.modeling, detlightning.solver, detlightning.engine.solver, detlightning.checkpoint\n"
+        "from detlightning.engine import DefaultPredictor\n"
         "import detlightning.data, detlightning.evaluation, detlightning.utils.events\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra'))\n"
         "assert not bad, bad\n"

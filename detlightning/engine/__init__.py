@@ -2,7 +2,7 @@
 in place of detectron2's hooks and writers, and the train / evaluate jobs (detectron2's ``detectron2.engine`` and
 ``detectron2.solver`` roles).
 
-Names are resolved lazily: ``detlightning.engine.solver`` (plain torch) imports without
+Names are resolved lazily: ``detlightning.engine.solver`` (plain torch) and ``DefaultPredictor`` import without
 Lightning, so a plain-PyTorch loop (``scripts/plain_train_net.py``) can use them.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ _EXPORTS = {
     "PeriodicCheckpointer": "callbacks",
     "PreciseBN": "callbacks",
     "VisualizePredictions": "callbacks",
-    "DefaultPredictor": "defaults",
+    "DefaultPredictor": "predictor",
     "build_callbacks": "defaults",
     "build_loggers": "defaults",
     "build_trainer": "defaults",

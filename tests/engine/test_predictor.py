@@ -109,3 +109,19 @@ def test_predictor_rejects_bad_images(shapes_root, weights):
     predictor = DefaultPredictor(_cfg(shapes_root, f"model.weights={weights['pth']}"))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         predictor(np.zeros((IMG_H, IMG_W), dtype=np.uint8))
+
+
+def test_default_predictor_accepts_a_detectron2_cfgnode() -> None:
+    """detectron2 code ports with the import changed: ``DefaultPredictor(cfg)`` with a yacs CfgNode."""
+    from detlightning.config import get_d2_cfg
+    from detlightning.engine import DefaultPredictor
+
+    cfg = get_d2_cfg()
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+                         "MODEL.ROI_HEADS.NUM_CLASSES", "3", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+                         "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "100"])
+    predictor = DefaultPredictor(cfg)
+    assert type(predictor.model.roi_heads).__name__ == "Res5ROIHeads"  # detectron2's default: R-C4
+    image = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    out = predictor(image)["instances"]
+    assert out.image_size == (48, 80) and out.pred_classes.max() < 3

@@ -1,0 +1,60 @@
+"""detectron2's ``DefaultPredictor``: one image in, the model's outputs at its original resolution out. Plain
+PyTorch (no Lightning): usable in any inference service."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+__all__ = ["DefaultPredictor"]
+
+
+class DefaultPredictor:
+    """detectron2's ``DefaultPredictor``: ``predictor(image)`` runs the model on ONE image.
+
+    Args:
+        cfg: the config; ``model.weights`` (detectron2 ``.pth``/``.pkl`` or Lightning ``.ckpt``) is loaded;
+            images are resized to ``input.min_size_test`` (max side ``input.max_size_test``); ``input.format``
+            ("BGR" or "RGB") is the channel order the *model* expects.
+
+    ``__call__(original_image: np.ndarray (H, W, 3) uint8, BGR as OpenCV reads it) -> dict`` (``{"instances":
+    ...}``, ``"sem_seg"``, ``"panoptic_seg"`` as the model returns them, in the original image's coordinates).
+    ``metadata`` is ``MetadataCatalog.get(datasets.test[0])`` (class names for the Visualizer), when set.
+    """
+
+    def __init__(self, cfg: Any):
+        from ..checkpoint import DetectionCheckpointer
+        from ..data import MetadataCatalog
+        from ..data.transforms import ResizeShortestEdge
+        from ..modeling.meta_arch.build import build_model
+
+        from ..config.d2_compat import as_detlightning_cfg
+
+        self.cfg = copy.deepcopy(as_detlightning_cfg(cfg))  # a detectron2 CfgNode works too
+        cfg = self.cfg
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        test_sets = list(OmegaConf.select(cfg, "datasets.test") or [])
+        self.metadata = MetadataCatalog.get(test_sets[0]) if test_sets else None
+        if cfg.model.weights:
+            DetectionCheckpointer(self.model).load(cfg.model.weights)
+        self.aug = ResizeShortestEdge([cfg.input.min_size_test, cfg.input.min_size_test], cfg.input.max_size_test)
+        self.input_format = cfg.input.format
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"DefaultPredictor supports input.format RGB or BGR, got {self.input_format!r}")
+
+    def __call__(self, original_image: np.ndarray) -> dict[str, Any]:
+        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
+            shape = getattr(original_image, "shape", type(original_image).__name__)
+            raise ValueError(f"DefaultPredictor expects one (H, W, 3) uint8 BGR image as a numpy array, got {shape}")
+        with torch.no_grad():
+            if self.input_format == "RGB":  # the model wants input.format; callers pass OpenCV-style BGR
+                original_image = original_image[:, :, ::-1]
+            height, width = original_image.shape[:2]
+            image = self.aug.get_transform(original_image).apply_image(original_image)
+            image = torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1)))
+            image = image.to(self.cfg.model.device)
+            return self.model([{"image": image, "height": height, "width": width}])[0]
