@@ -206,16 +206,14 @@ def primary_metric(results: Mapping[str, Any]) -> float | None:
 
 
 def _print_final(results: Mapping[str, Any]) -> None:
+    """One summary line per dataset (the full tables were logged by the evaluation itself, as detectron2 does)."""
     if not comm.is_main_process() or not results:
         return
-    try:
-        from ..evaluation import print_csv_format
-    except ImportError:
-        print_csv_format = None  # type: ignore[assignment]
-    logger.info("Final evaluation results:")
+    headline = ("AP", "AP50", "mIoU", "PQ", "AR@100")
     for name, res in results.items():
-        if isinstance(res, Mapping) and print_csv_format is not None:
-            logger.info("Dataset %s:", name)
-            print_csv_format(res)
-        else:
-            logger.info("%s: %s", name, res)
+        if isinstance(res, Mapping):
+            parts = [f"{task}/{k} {v:.2f}" for task, metrics in res.items() if isinstance(metrics, Mapping)
+                     for k, v in metrics.items() if k in headline and isinstance(v, (int, float))]
+            logger.info("Final evaluation results, %s: %s", name, " | ".join(parts) or dict(res))
+        else:  # ddp_spawn: the flat metrics logged by the child processes
+            logger.info("Final evaluation results: %s = %s", name, res)
