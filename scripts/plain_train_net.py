@@ -53,19 +53,10 @@ from torch import nn
 
 from detlightning.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
 from detlightning.config import get_cfg
-from detlightning.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detlightning.data import build_detection_test_loader, build_detection_train_loader
 from detlightning.data.datasets.shapes import register_shapes_from_cfg
 from detlightning.engine import solver  # plain torch: detlightning.engine resolves names lazily, no Lightning
-from detlightning.evaluation import (
-    COCOEvaluator,
-    COCOPanopticEvaluator,
-    DatasetEvaluator,
-    DatasetEvaluators,
-    SemSegEvaluator,
-    flatten_results_dict,
-    inference_on_dataset,
-    print_csv_format,
-)
+from detlightning.evaluation import build_evaluator, flatten_results_dict, inference_on_dataset, print_csv_format
 from detlightning.modeling import build_model
 from detlightning.utils.env import seed_all_rng
 from detlightning.utils.events import (
@@ -126,32 +117,12 @@ def setup(overrides: Sequence[str]) -> DictConfig:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-def get_evaluator(cfg: DictConfig, dataset_name: str, output_folder: str) -> DatasetEvaluator | None:
-    """The evaluator a dataset's metadata asks for (``evaluator_type``), as ``DetectionModule.build_evaluator``
-    chooses it; ``None`` for a dataset without one."""
-    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-    sigmas = tuple(OmegaConf.select(cfg, "test.keypoint_oks_sigmas", default=None) or ())
-    if evaluator_type == "coco":
-        return COCOEvaluator(dataset_name, output_dir=output_folder, kpt_oks_sigmas=sigmas)
-    if evaluator_type == "sem_seg":
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-    if evaluator_type == "coco_panoptic_seg":
-        return DatasetEvaluators(
-            [
-                COCOPanopticEvaluator(dataset_name, output_folder),
-                COCOEvaluator(dataset_name, output_dir=output_folder, kpt_oks_sigmas=sigmas),
-            ]
-        )
-    logger.warning("No evaluator for evaluator_type %r of dataset %s: no metrics", evaluator_type, dataset_name)
-    return None
-
-
 def do_test(cfg: DictConfig, model: nn.Module) -> OrderedDict[str, dict[str, Any]]:
     """Run ``model`` over every dataset of ``datasets.test``; ``{dataset: {"bbox": {"AP": ...}, ...}}``."""
     results: OrderedDict[str, dict[str, Any]] = OrderedDict()
     for dataset_name in OmegaConf.select(cfg, "datasets.test", default=None) or []:
         data_loader = build_detection_test_loader(cfg, dataset_name)
-        evaluator = get_evaluator(cfg, dataset_name, os.path.join(cfg.paths.output_dir, "inference", dataset_name))
+        evaluator = build_evaluator(cfg, dataset_name, os.path.join(cfg.paths.output_dir, "inference", dataset_name))
         if evaluator is None:
             continue
         results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from ..evaluation.testing import flatten_results_dict
 from ..utils.events import EventStorage
 from .solver import build_lr_scheduler, build_optimizer, clip_gradients
 
@@ -90,26 +90,9 @@ class DetectionModule(LightningModule):
     def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None) -> Any:
         """The ``DatasetEvaluator`` of one dataset, chosen by its metadata's ``evaluator_type`` (``coco``,
         ``sem_seg``, ``coco_panoptic_seg``); ``None`` means no metrics for that dataset."""
-        try:
-            from ..data.catalog import MetadataCatalog
-            from ..evaluation import COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
-        except ImportError as e:  # evaluation is optional for training
-            logger.warning("detlightning.evaluation unavailable (%s): no metrics for %s", e, dataset_name)
-            return None
-        if output_folder is None:
-            out = _select(cfg, "paths.output_dir")
-            output_folder = os.path.join(out, "inference") if out else None
-        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-        sigmas = tuple(_select(cfg, "test.keypoint_oks_sigmas") or ())
-        coco = lambda: COCOEvaluator(dataset_name, output_dir=output_folder, kpt_oks_sigmas=sigmas)  # noqa: E731
-        if evaluator_type == "coco":
-            return coco()
-        if evaluator_type == "sem_seg":
-            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-        if evaluator_type == "coco_panoptic_seg":
-            return DatasetEvaluators([COCOPanopticEvaluator(dataset_name, output_folder), coco()])
-        logger.warning("No evaluator for evaluator_type %r of dataset %s: no metrics", evaluator_type, dataset_name)
-        return None
+        from ..evaluation import build_evaluator
+
+        return build_evaluator(cfg, dataset_name, output_folder)
 
     def setup(self, stage: str) -> None:
         # Spawned DDP workers start with fresh catalogs: register the config's built-in shapes splits there too
@@ -220,7 +203,7 @@ class DetectionModule(LightningModule):
         flat: dict[str, float] = {}
         for name, res in results.items():
             prefix = "" if len(results) == 1 else f"{name}/"
-            for key, value in _flatten(res).items():
+            for key, value in flatten_results_dict(res).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     flat[prefix + key] = float(value)
         if flat:
@@ -277,15 +260,3 @@ def _dict_select(cfg: Any, key: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def _flatten(results: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"bbox": {"AP": 1}}`` -> ``{"bbox/AP": 1}``."""
-    flat: dict[str, Any] = {}
-    for k, v in results.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            flat.update(_flatten(v, key + "/"))
-        else:
-            flat[key] = v
-    return flat

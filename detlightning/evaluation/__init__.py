@@ -3,6 +3,7 @@ proposal AR), semantic segmentation and panoptic (PQ) evaluators, as in ``detect
 
 Plain Python + torch: nothing here imports Lightning (the engine wires evaluators into the Lightning loop).
 """
+from .build import build_evaluator
 from .coco_evaluation import COCOEvaluator
 from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_context, inference_on_dataset
 from .panoptic_evaluation import COCOPanopticEvaluator
@@ -10,6 +11,7 @@ from .sem_seg_evaluation import SemSegEvaluator
 from .testing import flatten_results_dict, print_csv_format, verify_results
 
 __all__ = [
+    "build_evaluator",
     "COCOEvaluator",
     "COCOPanopticEvaluator",
     "DatasetEvaluator",
