@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FrozenBatchNorm2d", "get_norm", "NaiveSyncBatchNorm"]
+__all__ = ["CycleBatchNormList", "FrozenBatchNorm2d", "get_norm", "NaiveSyncBatchNorm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -119,3 +120,30 @@ def get_norm(norm: str | Callable[[int], nn.Module] | None, out_channels: int) -
             raise ValueError(f"Unknown norm {norm!r}; expected one of {sorted(_NORMS)} or '' for none.")
         norm = _NORMS[norm]
     return norm(out_channels)
+
+
+class CycleBatchNormList(nn.ModuleList):
+    """One BatchNorm per feature level, used in turn on each call, with one shared affine transform.
+
+    RetinaNet's head runs the same convs on every level, whose statistics differ; a shared BN would mix them.
+    The list has ``length`` affine-free BNs (keys ``0.running_mean`` ...) plus ``weight`` / ``bias``.
+    """
+
+    def __init__(self, length: int, bn_class: Callable[..., nn.Module] = nn.BatchNorm2d, **kwargs: Any) -> None:
+        self._affine = kwargs.pop("affine", True)
+        super().__init__([bn_class(**kwargs, affine=False) for _ in range(length)])
+        if self._affine:
+            channels = self[0].num_features
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+        self._pos = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ret = self[self._pos](x)
+        self._pos = (self._pos + 1) % len(self)
+        if self._affine:
+            return ret * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
+        return ret
+
+    def extra_repr(self) -> str:
+        return f"affine={self._affine}"

@@ -10,7 +10,7 @@ from detlightning.config import get_cfg
 from detlightning.modeling import build_model
 from detlightning.modeling.meta_arch import RetinaNet, RetinaNetHead
 from detlightning.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-from detlightning.modeling.meta_arch.retinanet import CycleBatchNormList
+from detlightning.layers import CycleBatchNormList
 from detlightning.structures import Boxes, Instances
 from detlightning.utils.events import EventStorage
 

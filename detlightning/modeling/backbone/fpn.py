@@ -14,7 +14,8 @@ from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, ShapeSpec, get_norm
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
-from .resnet import build_resnet_backbone, c2_xavier_fill
+from ...layers.weight_init import c2_xavier_fill
+from .resnet import build_resnet_backbone
 
 __all__ = [
     "FPN",

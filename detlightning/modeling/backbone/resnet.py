@@ -12,6 +12,7 @@ from torch import nn
 
 from ...config.d2_compat import as_detlightning_cfg
 from ...layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from ...layers.weight_init import c2_msra_fill, c2_xavier_fill  # noqa: F401  (c2_xavier_fill: old import path)
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
 
@@ -37,20 +38,6 @@ _NUM_BLOCKS_PER_STAGE = {
     101: [3, 4, 23, 3],
     152: [3, 8, 36, 3],
 }
-
-
-def c2_msra_fill(module: nn.Module) -> None:
-    """Caffe2 "MSRAFill" (fvcore's ``c2_msra_fill``): He-normal weights with fan-out, zero bias."""
-    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    if module.bias is not None:
-        nn.init.constant_(module.bias, 0)
-
-
-def c2_xavier_fill(module: nn.Module) -> None:
-    """Caffe2 "XavierFill" (fvcore's ``c2_xavier_fill``): uniform in +-sqrt(3 / fan_in), zero bias."""
-    nn.init.kaiming_uniform_(module.weight, a=1)
-    if module.bias is not None:
-        nn.init.constant_(module.bias, 0)
 
 
 class BasicBlock(CNNBlockBase):

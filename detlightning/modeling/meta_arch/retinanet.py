@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config import configurable
-from ...layers import ShapeSpec, batched_nms, cat, get_norm, sigmoid_focal_loss_jit
+from ...layers import CycleBatchNormList, ShapeSpec, batched_nms, cat, get_norm, sigmoid_focal_loss_jit
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
 from ..anchor_generator import build_anchor_generator
@@ -21,7 +21,7 @@ from ..matcher import Matcher
 from ..registry import META_ARCH_REGISTRY
 from .dense_detector import DenseDetector, permute_to_N_HWA_K  # noqa: F401  (permute_to_N_HWA_K: d2 import path)
 
-__all__ = ["CycleBatchNormList", "RetinaNet", "RetinaNetHead"]
+__all__ = ["RetinaNet", "RetinaNetHead"]
 
 logger = logging.getLogger(__name__)
 
@@ -251,33 +251,6 @@ class RetinaNet(DenseDetector):
         )
         keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
         return pred[keep[: self.max_detections_per_image]]
-
-
-class CycleBatchNormList(nn.ModuleList):
-    """One BatchNorm per feature level, used in turn on each call, with one shared affine transform.
-
-    RetinaNet's head runs the same convs on every level, whose statistics differ; a shared BN would mix them.
-    The list has ``length`` affine-free BNs (keys ``0.running_mean`` ...) plus ``weight`` / ``bias``.
-    """
-
-    def __init__(self, length: int, bn_class: Callable[..., nn.Module] = nn.BatchNorm2d, **kwargs: Any) -> None:
-        self._affine = kwargs.pop("affine", True)
-        super().__init__([bn_class(**kwargs, affine=False) for _ in range(length)])
-        if self._affine:
-            channels = self[0].num_features
-            self.weight = nn.Parameter(torch.ones(channels))
-            self.bias = nn.Parameter(torch.zeros(channels))
-        self._pos = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ret = self[self._pos](x)
-        self._pos = (self._pos + 1) % len(self)
-        if self._affine:
-            return ret * self.weight.reshape(1, -1, 1, 1) + self.bias.reshape(1, -1, 1, 1)
-        return ret
-
-    def extra_repr(self) -> str:
-        return f"affine={self._affine}"
 
 
 class RetinaNetHead(nn.Module):

@@ -14,7 +14,7 @@ from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, ShapeSpec, get_norm
 from ...structures import ImageList
 from ..backbone import Backbone, build_backbone
-from ..backbone.resnet import c2_msra_fill
+from ...layers.weight_init import c2_msra_fill
 from ..build import build_component
 from ..postprocessing import sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY

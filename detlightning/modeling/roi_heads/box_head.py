@@ -9,7 +9,7 @@ from torch import nn
 from ...config import configurable
 from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, Linear, ShapeSpec, get_norm
-from ..backbone.resnet import c2_msra_fill, c2_xavier_fill
+from ...layers.weight_init import c2_msra_fill, c2_xavier_fill
 from ..build import build_component
 from ..registry import ROI_BOX_HEAD_REGISTRY
 

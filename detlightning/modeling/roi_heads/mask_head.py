@@ -12,7 +12,7 @@ from ...config.d2_compat import as_detlightning_cfg
 from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
 from ...structures import Instances
 from ...utils.events import get_event_storage
-from ..backbone.resnet import c2_msra_fill
+from ...layers.weight_init import c2_msra_fill
 from ..build import build_component
 from ..registry import ROI_MASK_HEAD_REGISTRY
 
