@@ -14,7 +14,7 @@ from torch import nn
 from ...structures import Boxes, ImageList, Instances
 from ..backbone import Backbone
 from ..postprocessing import detector_postprocess
-from .rcnn import _check_batched_inputs, _gt_instances, _normalize_images, _pixel_buffer, _require_storage
+from .inputs import _check_batched_inputs, _gt_instances, _normalize_images, _pixel_buffer, _require_storage
 
 __all__ = ["DenseDetector", "permute_to_N_HWA_K"]
 

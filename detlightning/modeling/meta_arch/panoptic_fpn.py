@@ -11,7 +11,8 @@ from ...config import configurable
 from ...structures import Instances
 from ..postprocessing import detector_postprocess, sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY
-from .rcnn import GeneralizedRCNN, _check_batched_inputs, _gt_instances, _require_key, _require_storage
+from .inputs import _check_batched_inputs, _gt_instances, _require_key, _require_storage
+from .rcnn import GeneralizedRCNN
 from .semantic_seg import _padded_targets, build_sem_seg_head
 
 __all__ = ["PanopticFPN", "combine_semantic_and_instance_outputs"]

@@ -18,7 +18,7 @@ from ...layers.weight_init import c2_msra_fill
 from ..build import build_component
 from ..postprocessing import sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
-from .rcnn import _check_batched_inputs, _normalize_images, _pixel_buffer, _require_key
+from .inputs import _check_batched_inputs, _normalize_images, _pixel_buffer, _require_key
 
 __all__ = ["SEM_SEG_HEADS_REGISTRY", "SemSegFPNHead", "SemanticSegmentor", "build_sem_seg_head"]
 
