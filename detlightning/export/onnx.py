@@ -27,6 +27,7 @@ from .adapters import (
     tracing_inputs,
 )
 from .flatten import TracingAdapter, flat_names
+from .torchscript import _model_device
 
 __all__ = ["DEFAULT_OPSET", "ONNXRuntimeDetector", "export_onnx", "load_onnx"]
 
@@ -41,12 +42,6 @@ def _require(module: str, purpose: str) -> Any:
         raise ImportError(
             f"{purpose} needs the '{module}' package: pip install onnx onnxruntime (or detlightning[export])"
         ) from e
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    return torch.device("cpu")
 
 
 def export_onnx(
