@@ -116,8 +116,12 @@ class DetectionModule(LightningModule):
             loss_dict = {"total_loss": loss_dict}
         if not isinstance(loss_dict, Mapping) or not loss_dict:
             raise TypeError(f"model returned {type(loss_dict).__name__} in training mode; expected a dict of losses")
-        detached = {k: v.detach().float() for k, v in loss_dict.items()}
-        values = {k: float(v.sum()) for k, v in detached.items()}
+        # one small collective per step: like detectron2, every rank stops on a NaN anywhere and the logged
+        # losses are the average over ranks, not rank 0's alone
+        stacked = torch.stack([v.detach().float().sum() for v in loss_dict.values()])
+        if self._trainer is not None and self.trainer.world_size > 1:
+            stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
+        values = dict(zip(loss_dict.keys(), stacked.tolist()))
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             raise FloatingPointError(
