@@ -3,6 +3,7 @@
 
     python scripts/eval.py model.weights=outputs/<date>/<time>/checkpoints/model_final.pth
     python scripts/eval.py experiment=shapes_quick model.weights=.../last.ckpt trainer=gpu
+    python scripts/eval.py d2_config=mask_rcnn_R_50_FPN_3x.yaml model.weights=model_final_f10217.pkl
 
 ``model.weights`` accepts detectron2 ``.pth``/``.pkl`` files, model-zoo URLs and Lightning ``.ckpt`` files.
 The config (model/backbone/data overrides) must describe the same architecture as the checkpoint.
@@ -10,13 +11,16 @@ The config (model/backbone/data overrides) must describe the same architecture a
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from detlightning.config.d2_compat import apply_d2_config
 from detlightning.engine import evaluate, primary_metric
 
 
 @hydra.main(config_path="pkg://detlightning.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    if OmegaConf.select(cfg, "d2_config"):  # a detectron2 yaml decides the model, input and test settings
+        cfg = apply_d2_config(cfg)
     results = evaluate(cfg)
     return primary_metric(results)
 
