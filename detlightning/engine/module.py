@@ -154,7 +154,7 @@ class DetectionModule(LightningModule):
         gradient_clip_algorithm: str | None = None,
     ) -> None:
         # Runs after AMP unscaling; solver.clip_gradients wins over the Trainer's gradient_clip_val.
-        clip_cfg = _select(self.cfg, "solver.clip_gradients")
+        clip_cfg = OmegaConf.select(self.cfg, "solver.clip_gradients")
         if clip_cfg is not None and clip_cfg.get("enabled", False):
             clip_gradients(itertools.chain(*[g["params"] for g in optimizer.param_groups]), clip_cfg)
         else:
@@ -165,7 +165,7 @@ class DetectionModule(LightningModule):
         """The datasets that validation/test dataloaders serve, in dataloader order."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         names = getattr(dm, "test_dataset_names", None)
-        return list(names) if names is not None else list(_select(self.cfg, "datasets.test") or [])
+        return list(names) if names is not None else list(OmegaConf.select(self.cfg, "datasets.test") or [])
 
     def _get_evaluator(self, name: str) -> Any:
         if name not in self._evaluators:
@@ -251,16 +251,3 @@ class DetectionModule(LightningModule):
         from ..checkpoint import DetectionCheckpointer
 
         DetectionCheckpointer(self.model).load(path)
-
-
-def _select(cfg: Any, key: str) -> Any:
-    return OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else _dict_select(cfg, key)
-
-
-def _dict_select(cfg: Any, key: str) -> Any:
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node

@@ -2,7 +2,6 @@
 that run with only their imports changed (same outputs as the Hydra-configured build)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from detlightning.modeling import (
 )
 from detlightning.modeling.proposal_generator.rpn import StandardRPNHead
 from detlightning.structures import Boxes, ImageList, Instances
+from tests._scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 D2_CONFIGS = REPO_ROOT / "tests" / "data" / "d2_configs"
@@ -386,10 +386,7 @@ def test_converted_model_has_detectron2_state_dict(compat_dir: Path, yaml_path: 
 
 # --------------------------------------------------------------------------- scripts/train.py d2_config=...
 def test_train_script_runs_from_d2_yaml(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("detlightning_train_script_d2", REPO_ROOT / "scripts" / "train.py")
-    assert spec is not None and spec.loader is not None
-    train_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_script)
+    train_script = load_script("train")
     out = tmp_path / "run"
     cfg = get_cfg([
         f"d2_config={D2_CONFIGS / 'tiny_shapes_mask_rcnn.yaml'}",

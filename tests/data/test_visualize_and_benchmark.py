@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -8,17 +7,14 @@ from PIL import Image
 
 from detlightning.data.benchmark import benchmark_train_loader
 
+from tests._scripts import load_script
+
 from .conftest import PREFIX, TINY
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "visualize_data.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("visualize_data", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_script("visualize_data")
 
 
 def test_visualize_writes_annotated_pngs(shapes_root: Path, tmp_path: Path):

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests._scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,11 +59,7 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def train_script() -> ModuleType:
     """scripts/train.py as a module (its ``run(cfg)`` is what the Hydra entry point calls)."""
-    spec = importlib.util.spec_from_file_location("detlightning_train_script", REPO_ROOT / "scripts" / "train.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train")
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,13 @@
 """scripts/export.py on a tiny model: writes the file and reports a passing check against the eager model."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests._scripts import load_script
+
 TINY = [
     "model=mask_rcnn",
     "model.resnets.depth=18",
@@ -28,11 +28,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def export_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("detlightning_export_script", REPO_ROOT / "scripts" / "export.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("export")
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

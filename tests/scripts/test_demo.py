@@ -18,6 +18,7 @@ from detlightning.checkpoint import DetectionCheckpointer
 from detlightning.config import get_cfg
 from detlightning.modeling import build_model
 from tests.engine.conftest import tiny_overrides
+from tests._scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "demo.py"
@@ -25,11 +26,7 @@ SHAPES_CLASSES = ["circle", "triangle", "square"]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("detlightning_demo_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo")
 
 
 @pytest.fixture(scope="module")

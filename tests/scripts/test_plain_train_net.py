@@ -5,7 +5,6 @@ then ``--resume`` up to 6, then ``--eval-only`` of the final checkpoint in anoth
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests._scripts import load_script
 from tests.engine.conftest import tiny_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -197,11 +197,7 @@ def test_eval_only_reproduces_final_evaluation(runs: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("plain_train_net_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("plain_train_net")
 
 
 def test_nonfinite_loss_is_named(script: ModuleType) -> None:
