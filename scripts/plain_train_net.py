@@ -55,7 +55,7 @@ from detlightning.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
 from detlightning.config import get_cfg
 from detlightning.data import build_detection_test_loader, build_detection_train_loader
 from detlightning.data.datasets.shapes import register_shapes_from_cfg
-from detlightning.engine import solver  # plain torch: detlightning.engine resolves names lazily, no Lightning
+from detlightning import solver
 from detlightning.evaluation import build_evaluator, flatten_results_dict, inference_on_dataset, print_csv_format
 from detlightning.modeling import build_model
 from detlightning.utils.env import seed_all_rng

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..evaluation.testing import flatten_results_dict
 from ..utils.events import EventStorage
-from .solver import build_lr_scheduler, build_optimizer, clip_gradients
+from ..solver import build_lr_scheduler, build_optimizer, clip_gradients
 
 __all__ = ["DetectionModule", "cfg_to_container"]
 
@@ -78,12 +78,12 @@ class DetectionModule(LightningModule):
 
     @classmethod
     def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-        """The optimizer (default: ``detlightning.engine.solver.build_optimizer``)."""
+        """The optimizer (default: ``detlightning.solver.build_optimizer``)."""
         return build_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        """The per-iteration LR scheduler (default: ``detlightning.engine.solver.build_lr_scheduler``)."""
+        """The per-iteration LR scheduler (default: ``detlightning.solver.build_lr_scheduler``)."""
         return build_lr_scheduler(cfg, optimizer)
 
     @classmethod

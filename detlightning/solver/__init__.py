@@ -1,4 +1,43 @@
-"""detectron2's ``detectron2.solver`` names (``from detectron2.solver import build_lr_scheduler`` ports by renaming
-the package). The implementation lives in :mod:`detlightning.engine.solver` (plain torch, no Lightning)."""
-from ..engine.solver import *  # noqa: F401,F403
-from ..engine.solver import __all__  # noqa: F401
+"""Optimizers, parameter groups, gradient clipping and LR schedules (detectron2's ``detectron2.solver``), plain
+torch: a plain-PyTorch loop and the Lightning engine both build their solver here."""
+from .build import (
+    GradientClipType,
+    build_lr_scheduler,
+    build_optimizer,
+    clip_gradients,
+    get_default_optimizer_params,
+    maybe_add_gradient_clipping,
+    reduce_param_groups,
+)
+from .lr_scheduler import (
+    CompositeParamScheduler,
+    ConstantParamScheduler,
+    CosineParamScheduler,
+    LinearParamScheduler,
+    LRMultiplier,
+    MultiStepParamScheduler,
+    ParamScheduler,
+    WarmupCosineLR,
+    WarmupMultiStepLR,
+    WarmupParamScheduler,
+)
+
+__all__ = [
+    "CompositeParamScheduler",
+    "ConstantParamScheduler",
+    "CosineParamScheduler",
+    "GradientClipType",
+    "LRMultiplier",
+    "LinearParamScheduler",
+    "MultiStepParamScheduler",
+    "ParamScheduler",
+    "WarmupCosineLR",
+    "WarmupMultiStepLR",
+    "WarmupParamScheduler",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "clip_gradients",
+    "get_default_optimizer_params",
+    "maybe_add_gradient_clipping",
+    "reduce_param_groups",
+]

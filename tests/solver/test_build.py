@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from detlightning.engine.solver import (
+import detlightning.conf
+
+from detlightning.solver import (
     build_lr_scheduler,
     build_optimizer,
     clip_gradients,
@@ -25,14 +28,13 @@ class _Net(nn.Module):
         self.frozen.bias.requires_grad_(False)
 
 
+_SGD_YAML = Path(detlightning.conf.__file__).parent / "solver" / "sgd.yaml"
+
+
 def _solver(**kw):
-    base = dict(
-        optimizer="SGD", base_lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, weight_decay_norm=0.0,
-        bias_lr_factor=1.0, weight_decay_bias=None, backbone_multiplier=1.0, lr_scheduler_name="WarmupMultiStepLR",
-        max_iter=100, steps=[50, 80], gamma=0.1, warmup_factor=0.01, warmup_iters=10, warmup_method="linear",
-        base_lr_end=0.0, clip_gradients=dict(enabled=False, clip_type="value", clip_value=1.0, norm_type=2.0),
-    )
-    base.update(kw)
+    """The shipped solver defaults (conf/solver/sgd.yaml) with a short schedule and ``kw`` on top."""
+    base = OmegaConf.load(_SGD_YAML)
+    base.merge_with(dict(base_lr=0.1, max_iter=100, steps=[50, 80], warmup_factor=0.01, warmup_iters=10), kw)
     return OmegaConf.create({"solver": base})
 
 
