@@ -112,14 +112,14 @@ def bench_rcnn(args: argparse.Namespace) -> None:
 
 
 def bench_loader(args: argparse.Namespace) -> None:
-    from detlightning.config import get_cfg
+    from detlightning.cli import setup_cfg
     from detlightning.data.benchmark import benchmark_train_loader
 
     workers = [f"dataloader.num_workers={args.workers}", "dataloader.ims_per_batch=2"]
-    rate = benchmark_train_loader(args.dataset, args.iters, overrides=workers)
+    rate = benchmark_train_loader(setup_cfg([*workers, f"datasets.train=[{args.dataset}]"]), args.iters)
     print(f"train loader, {args.dataset} (256 px shapes, default augmentations): {rate:.1f} images/s")
     # COCO-sized: shapes images drawn at 800 px short side, COCO's training resize (640-800, max 1333) + flip
-    coco_sized = get_cfg(workers + [
+    coco_sized = setup_cfg(workers + [
         "data=shapes", "datasets.shapes.prefix=shapes800", "datasets.shapes.image_size=800",
         "datasets.shapes.num_train=64", "datasets.shapes.num_val=4", "datasets.train=[shapes800_train]",
         "input.min_size_train=[640,672,704,736,768,800]", "input.max_size_train=1333",

@@ -50,9 +50,8 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detlightning.config import get_cfg  # noqa: E402
+from detlightning.cli import setup_cfg as setup_run_cfg  # noqa: E402
 from detlightning.data import MetadataCatalog  # noqa: E402
-from detlightning.data.datasets.shapes import register_shapes_from_cfg  # noqa: E402
 from detlightning.data.detection_utils import read_image  # noqa: E402
 from detlightning.engine import DefaultPredictor  # noqa: E402
 from detlightning.utils.visualizer import ColorMode, VisImage, Visualizer  # noqa: E402
@@ -90,11 +89,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def setup_cfg(overrides: list[str], confidence_threshold: float) -> DictConfig:
     """Compose the config from ``overrides`` and set the test score thresholds to ``confidence_threshold``."""
-    cfg = get_cfg(list(overrides))
-    if OmegaConf.select(cfg, "d2_config"):
-        from detlightning.config.d2_compat import apply_d2_config
-
-        cfg = apply_d2_config(cfg)
+    cfg = setup_run_cfg(list(overrides))
     for key in THRESHOLD_KEYS:
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(cfg, key, float(confidence_threshold))
@@ -288,7 +283,6 @@ def main(argv: list[str] | None = None) -> list[Path]:
         logger.warning("skipping %d video(s): %s", len(videos), msg)
         inputs = [p for p in inputs if p not in videos]
     cfg = setup_cfg([*args.config_overrides, *args.overrides], args.confidence_threshold)
-    register_shapes_from_cfg(cfg)  # metadata (class names) of the shapes datasets under their configured prefix
     predictor = DefaultPredictor(cfg)
     metadata = predictor.metadata if predictor.metadata is not None else MetadataCatalog.get("__unused__")
     mode = _MODES[args.instance_mode]

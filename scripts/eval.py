@@ -11,17 +11,15 @@ The config (model/backbone/data overrides) must describe the same architecture a
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from detlightning.config.d2_compat import apply_d2_config
+from detlightning.cli import setup_cfg
 from detlightning.engine import evaluate, primary_metric
 
 
 @hydra.main(config_path="pkg://detlightning.conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    if OmegaConf.select(cfg, "d2_config"):  # a detectron2 yaml decides the model, input and test settings
-        cfg = apply_d2_config(cfg)
-    results = evaluate(cfg)
+    results = evaluate(setup_cfg(cfg))  # with d2_config=: the detectron2 yaml, command-line keys win
     return primary_metric(results)
 
 

@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detlightning.config import get_cfg  # noqa: E402
+from detlightning.cli import setup_cfg as setup_run_cfg  # noqa: E402
 from detlightning.data.datasets.shapes import ShapesParams, _draw_image  # noqa: E402
 from detlightning.data.detection_utils import read_image  # noqa: E402
 from detlightning.engine import DefaultPredictor  # noqa: E402
@@ -68,12 +68,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(overrides: list[str]) -> DictConfig:
-    cfg = get_cfg(list(overrides))
-    if OmegaConf.select(cfg, "d2_config"):
-        from detlightning.config.d2_compat import apply_d2_config
-
-        cfg = apply_d2_config(cfg)
-    return cfg
+    """The config from Hydra ``overrides`` (with ``d2_config=``: the detectron2 yaml, command-line keys win)."""
+    return setup_run_cfg(list(overrides))
 
 
 def sample_image_bgr(path: str | None, cfg: DictConfig) -> np.ndarray:

@@ -8,7 +8,7 @@ its writers, ``DetectionCheckpointer`` and ``inference_on_dataset``. For the eve
 loggers, sweeps) use ``scripts/train.py``.
 
 Usage (``key=value`` arguments are Hydra overrides of ``detlightning/conf``, composed by
-``detlightning.config.get_cfg``)::
+``detlightning.cli.setup_cfg``)::
 
     python scripts/plain_train_net.py model=mask_rcnn solver.max_iter=2000 paths.output_dir=output/plain
     python scripts/plain_train_net.py --resume model=mask_rcnn solver.max_iter=4000 paths.output_dir=output/plain
@@ -52,9 +52,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from detlightning.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
-from detlightning.config import get_cfg
+from detlightning.cli import setup_cfg
 from detlightning.data import build_detection_test_loader, build_detection_train_loader
-from detlightning.data.datasets.shapes import register_shapes_from_cfg
 from detlightning import solver
 from detlightning.evaluation import build_evaluator, flatten_results_dict, inference_on_dataset, print_csv_format
 from detlightning.modeling import build_model
@@ -89,20 +88,15 @@ def build_cfg(overrides: Sequence[str]) -> DictConfig:
     """The config from ``key=value`` overrides; with ``d2_config=<detectron2 yaml>`` that file decides the model,
     input, data, solver and test settings, except the dotted keys given in ``overrides`` (they win).
     ``paths.output_dir`` defaults to ``./output`` (absolute)."""
-    cfg = get_cfg(list(overrides))
-    if OmegaConf.select(cfg, "d2_config", default=None):
-        from detlightning.config import apply_d2_config
-
-        keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-        cfg = apply_d2_config(cfg, keep=[k for k in keys if "." in k])
+    cfg = setup_cfg(list(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = os.path.abspath(OmegaConf.select(cfg, "paths.output_dir") or "./output")
     return cfg
 
 
 def setup(overrides: Sequence[str]) -> DictConfig:
-    """Build the config, create the output dir (with ``config.yaml``), configure logging, seed the RNGs and
-    register the built-in shapes datasets with the config's parameters."""
+    """Build the config (which registers the built-in shapes datasets with its parameters), create the output
+    dir (with ``config.yaml``), configure logging and seed the RNGs."""
     cfg = build_cfg(overrides)
     out = cfg.paths.output_dir
     os.makedirs(out, exist_ok=True)
@@ -112,7 +106,6 @@ def setup(overrides: Sequence[str]) -> DictConfig:
     logger.info("Command line: %s", " ".join(sys.argv))
     seed = int(OmegaConf.select(cfg, "seed", default=-1))
     logger.info("Seed: %d", seed_all_rng(seed if seed >= 0 else None))
-    register_shapes_from_cfg(cfg)
     return cfg
 
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from detlightning.config.d2_compat import apply_d2_config
+from detlightning.cli import setup_cfg
 from detlightning.engine import evaluate, primary_metric, train
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train or evaluate as ``cfg.eval_only`` says; returns the final evaluation results."""
-    if OmegaConf.select(cfg, "d2_config"):
-        # detectron2 yaml: it decides model/input/data/solver/test; trainer, callbacks, loggers, paths stay
-        cfg = apply_d2_config(cfg)
+    # d2_config=<detectron2 yaml> decides model/input/data/solver/test; command-line keys keep their values
+    cfg = setup_cfg(cfg)
     if cfg.eval_only:
         return evaluate(cfg)
     return train(cfg)

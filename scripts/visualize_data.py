@@ -24,10 +24,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detlightning.config import get_cfg  # noqa: E402
+from detlightning.cli import setup_cfg  # noqa: E402
 from detlightning.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
 from detlightning.data import detection_utils as utils  # noqa: E402
-from detlightning.data.datasets.shapes import register_shapes_from_cfg  # noqa: E402
 from detlightning.data.datasets.builtin_meta import category_color  # noqa: E402
 from detlightning.utils.visualizer import VisImage, Visualizer  # noqa: E402
 
@@ -84,8 +83,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
-    cfg = get_cfg(args.overrides)
-    register_shapes_from_cfg(cfg)
+    cfg = setup_cfg(args.overrides)
     name = args.dataset or list(cfg.datasets.train)[0]
     metadata = MetadataCatalog.get(name)
     dicts = DatasetCatalog.get(name)

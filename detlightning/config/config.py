@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_MODULE = "detlightning.conf"
 
-__all__ = ["CONFIG_MODULE", "get_cfg"]
+__all__ = ["CONFIG_MODULE", "config_groups", "get_cfg", "hydra_task_overrides"]
 
 
 @contextlib.contextmanager
@@ -40,3 +40,19 @@ def get_cfg(overrides: Sequence[str] | None = None, config_name: str = "config")
         cfg = compose(config_name=config_name, overrides=list(overrides or []))
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def config_groups() -> set[str]:
+    """The config group names (``model``, ``backbone``, ``data``, ...): the folders of ``detlightning/conf``."""
+    from importlib.resources import files  # noqa: PLC0415
+
+    return {p.name for p in files(CONFIG_MODULE).iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
+def hydra_task_overrides() -> list[str]:
+    """The command-line overrides of the running ``@hydra.main`` app (``[]`` outside one)."""
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)

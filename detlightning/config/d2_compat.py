@@ -33,6 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .config import hydra_task_overrides
 from .d2_defaults import get_d2_cfg
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "UnsupportedD2KeysWarning",
     "apply_d2_config",
     "as_detlightning_cfg",
+    "command_line_keys",
     "load_d2_config",
     "to_detlightning_cfg",
     "unsupported_d2_keys",
@@ -295,19 +297,17 @@ def load_d2_config(path: str | os.PathLike[str], overrides: Sequence[str] | None
     return to_detlightning_cfg(d2, strict=strict)
 
 
-def _hydra_command_line_keys(cfg: DictConfig) -> list[str]:
-    """Keys set on the Hydra command line (``solver.base_lr=0.01``), when running inside a Hydra app."""
-    try:
-        from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
-        from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
-    except ImportError:
-        return []
-    if not HydraConfig.initialized():
-        return []
-    hc = HydraConfig.get()
-    groups = set(hc.runtime.choices)
+def command_line_keys(overrides: Sequence[str]) -> list[str]:
+    """The config keys that Hydra-syntax ``overrides`` set (``solver.base_lr=0.01`` -> ``solver.base_lr``): what
+    keeps its value when a ``d2_config`` file is applied. Group choices (``model=mask_rcnn``), deletions and
+    ``d2_config`` itself are not keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+
+    from .config import config_groups  # noqa: PLC0415
+
+    groups = config_groups()
     keys = []
-    for override in OverridesParser.create().parse_overrides(list(hc.overrides.task)):
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
         key = override.key_or_group
         if override.is_delete() or key == "d2_config":
             continue
@@ -334,7 +334,7 @@ def apply_d2_config(cfg: DictConfig, path: str | os.PathLike[str] | None = None,
         cfg: the composed Hydra config (not modified).
         path: the detectron2 yaml; default ``cfg.d2_config``.
         keep: keys of ``cfg`` whose values win over the file (e.g. ``["solver.base_lr"]``). Default: inside a
-            Hydra app, the keys given on the command line; otherwise none.
+            Hydra app, the keys given on the command line (:func:`command_line_keys`); otherwise none.
         strict: raise instead of warning about keys without equivalent.
     """
     path = path if path is not None else OmegaConf.select(cfg, "d2_config")
@@ -343,7 +343,7 @@ def apply_d2_config(cfg: DictConfig, path: str | os.PathLike[str] | None = None,
     d2 = get_d2_cfg()
     d2.merge_from_file(os.fspath(path))
     converted = to_detlightning_cfg(d2, strict=strict)
-    keep = list(keep) if keep is not None else _hydra_command_line_keys(cfg)
+    keep = list(keep) if keep is not None else command_line_keys(hydra_task_overrides())
 
     result = copy.deepcopy(cfg)
     OmegaConf.set_struct(result, False)

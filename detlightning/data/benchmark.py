@@ -10,31 +10,13 @@ __all__ = ["benchmark_train_loader"]
 logger = logging.getLogger(__name__)
 
 
-def benchmark_train_loader(
-    cfg_or_dataset: Any,
-    num_iters: int = 100,
-    *,
-    warmup_iters: int = 5,
-    overrides: list[str] | None = None,
-) -> float:
-    """Images/second of the training loader over ``num_iters`` batches (after ``warmup_iters``).
-
-    ``cfg_or_dataset``: a config (``get_cfg([...])``) or a registered dataset name, for which the default
-    config (plus ``overrides``) is composed with ``datasets.train=[name]``.
-    """
+def benchmark_train_loader(cfg: Any, num_iters: int = 100, *, warmup_iters: int = 5) -> float:
+    """Images/second of the training loader of ``cfg`` over ``num_iters`` batches (after ``warmup_iters``).
+    The datasets of ``cfg.datasets.train`` must be registered (``detlightning.cli.setup_cfg`` does that)."""
     from .build import build_detection_train_loader  # noqa: PLC0415
 
-    if isinstance(cfg_or_dataset, str):
-        from detlightning.config import get_cfg  # noqa: PLC0415
-
-        cfg = get_cfg([*(overrides or []), f"datasets.train=[{cfg_or_dataset}]"])
-    else:
-        cfg = cfg_or_dataset
     if num_iters <= 0:
         raise ValueError(f"num_iters must be positive, got {num_iters}")
-    from .datasets.shapes import register_shapes_from_cfg  # noqa: PLC0415
-
-    register_shapes_from_cfg(cfg)
     loader = build_detection_train_loader(cfg)
     it = iter(loader)
     for _ in range(warmup_iters):

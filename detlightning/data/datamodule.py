@@ -92,8 +92,12 @@ class DetectionDataModule(LightningDataModule):
     def __init__(self, cfg: Any):
         super().__init__()
         self.cfg = cfg
-        register_shapes_from_cfg(cfg)
         self._train_view: EpochView | None = None
+
+    def setup(self, stage: str) -> None:
+        # In every process (spawned DDP workers start with fresh catalogs): the built-in shapes splits with the
+        # config's parameters, before any loader or evaluator reads them.
+        register_shapes_from_cfg(self.cfg)
 
     # ------------------------------------------------------------------ overridable builders (detectron2 style)
     def build_train_loader(self) -> Iterable[list[dict]]:

@@ -94,15 +94,6 @@ class DetectionModule(LightningModule):
 
         return build_evaluator(cfg, dataset_name, output_folder)
 
-    def setup(self, stage: str) -> None:
-        # Spawned DDP workers start with fresh catalogs: register the config's built-in shapes splits there too
-        # (the evaluator reads their metadata; the DataModule registered them only in the launching process).
-        try:
-            from ..data.datasets.shapes import register_shapes_from_cfg
-        except ImportError:
-            return
-        register_shapes_from_cfg(self.cfg)
-
     # ------------------------------------------------------------------------------------------- training
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:
         return self.model(batched_inputs)

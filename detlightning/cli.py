@@ -1,0 +1,48 @@
+"""The set-up every script shares: the config it runs with, and the datasets that config describes.
+
+``scripts/train.py`` and ``scripts/eval.py`` get their config from ``@hydra.main``; ``demo.py``, ``export.py``,
+``visualize_data.py``, ``plain_train_net.py`` and ``benchmark.py`` compose it from ``key=value`` overrides. Either way
+:func:`setup_cfg` finishes it the same way:
+
+* ``d2_config=<detectron2 yaml>``: the file decides the model, input, data, solver and test settings
+  (:func:`detlightning.config.apply_d2_config`), except the keys given on the command line, which keep their values
+  (``model.weights=...`` wins over the file's ``MODEL.WEIGHTS``);
+* the built-in datasets the config parameterises (``datasets.shapes``) are registered with its parameters.
+
+Plain torch and Hydra's compose API only: no Lightning (``plain_train_net.py`` stays Lightning-free).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from omegaconf import DictConfig, OmegaConf
+
+from .config import apply_d2_config, get_cfg
+from .config.config import hydra_task_overrides
+from .config.d2_compat import command_line_keys
+from .data.datasets.shapes import register_shapes_from_cfg
+
+__all__ = ["setup_cfg"]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(cfg_or_overrides: DictConfig | Sequence[str], overrides: Sequence[str] | None = None) -> DictConfig:
+    """The config a script runs with.
+
+    Args:
+        cfg_or_overrides: the config ``@hydra.main`` composed, or Hydra-syntax overrides to compose one from
+            (``["model=mask_rcnn", "model.weights=x.pth"]``).
+        overrides: the command-line overrides that must win over a ``d2_config`` file; default: the Hydra app's
+            task overrides for a composed config, ``cfg_or_overrides`` for a list.
+    """
+    if isinstance(cfg_or_overrides, DictConfig):
+        cfg = cfg_or_overrides
+        given = list(overrides) if overrides is not None else hydra_task_overrides()
+    else:
+        given = list(cfg_or_overrides) if overrides is None else list(overrides)
+        cfg = get_cfg(list(cfg_or_overrides))
+    if OmegaConf.select(cfg, "d2_config", default=None):
+        cfg = apply_d2_config(cfg, keep=command_line_keys(given))
+    register_shapes_from_cfg(cfg)
+    return cfg
