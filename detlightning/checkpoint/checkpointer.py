@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ..utils import comm
 from .paths import get_local_path
 from .safe_pickle import torch_load, unsafe_pickle_allowed
 
@@ -39,15 +40,6 @@ class _IncompatibleKeys(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
     incorrect_shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (key, checkpoint shape, model shape)
-
-
-def is_main_process() -> bool:
-    """True unless torch.distributed is initialised and this is not rank 0."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class Checkpointer:
@@ -376,7 +368,7 @@ def _broadcast_model_from_main(model: nn.Module) -> None:
 
 
 def _gather_flags(flag: bool) -> list[bool]:
-    flags: list[Any] = [None] * _world_size()
+    flags: list[Any] = [None] * comm.get_world_size()
     dist.all_gather_object(flags, flag)
     return [bool(f) for f in flags]
 

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlparse
 import torch
 
 from .c2_model_loading import align_and_update_state_dicts
+from ..utils import comm
 from .checkpointer import (
     Checkpointer,
     _as_mapping,
@@ -29,8 +30,6 @@ from .checkpointer import (
     _convert_ndarray_to_tensor,
     _gather_flags,
     _IncompatibleKeys,
-    _world_size,
-    is_main_process,
 )
 from .lightning import is_lightning_checkpoint, state_dict_from_lightning_ckpt
 from .paths import get_local_path
@@ -68,7 +67,7 @@ class DetectionCheckpointer(Checkpointer):
         super().__init__(
             model,
             save_dir,
-            save_to_disk=is_main_process() if save_to_disk is None else save_to_disk,
+            save_to_disk=comm.is_main_process() if save_to_disk is None else save_to_disk,
             allow_unsafe_pickle=allow_unsafe_pickle,
             **checkpointables,
         )
@@ -95,7 +94,7 @@ class DetectionCheckpointer(Checkpointer):
                     )
 
         need_sync = False
-        if path and self._wrapped_ddp and _world_size() > 1:
+        if path and self._wrapped_ddp and comm.get_world_size() > 1:
             local = get_local_path(path)
             has_file = os.path.isfile(local)
             all_have = _gather_flags(has_file)

@@ -192,40 +192,44 @@ class MetricsWriter(Callback):
             self._json = None
 
 
-def _save_pth(pl_module: LightningModule, directory: str, name: str, iteration: int) -> None:
-    """``<directory>/<name>.pth`` = ``{"model": state_dict, "iteration": it}`` (DetectionCheckpointer's format),
-    plus the ``last_checkpoint`` tag. Main process only."""
-    from ..checkpoint import DetectionCheckpointer
-
-    if not comm.is_main_process():
-        return
-    DetectionCheckpointer(pl_module.model, save_dir=directory).save(name, iteration=iteration)
-
-
 class PeriodicCheckpointer(Callback):
     """Write ``model_{iter:07d}.pth`` every ``period`` iterations and ``model_final.pth`` at the end of training,
     loadable by ``DetectionCheckpointer(model).load(path)`` (and detectron2's). Lightning's ``ModelCheckpoint``
-    writes the full training state (``.ckpt``) beside it. ``period`` 0: only the final one."""
+    writes the full training state (``.ckpt``) beside it. ``period`` 0: only the final one.
 
-    def __init__(self, period: int = 5000, dirpath: str | None = None, save_final: bool = True):
+    The schedule and ``max_to_keep`` are those of :class:`detlightning.checkpoint.PeriodicCheckpointer` (the one
+    plain loops use), driven with the 0-based index of the iteration just finished."""
+
+    def __init__(self, period: int = 5000, dirpath: str | None = None, save_final: bool = True,
+                 max_to_keep: int | None = None):
         self.period = int(period)
         self.dirpath = dirpath
         self.save_final = save_final
+        self.max_to_keep = max_to_keep
+        self._periodic: Any = None
 
-    def _dir(self, trainer: Trainer, pl_module: LightningModule) -> str:
-        return self.dirpath or _output_dir(trainer, pl_module, "checkpoints")
+    def _checkpointer(self, trainer: Trainer, pl_module: LightningModule) -> Any:
+        from ..checkpoint import DetectionCheckpointer
+        from ..checkpoint import PeriodicCheckpointer as IterationCheckpointer
+
+        if self._periodic is None:
+            directory = self.dirpath or _output_dir(trainer, pl_module, "checkpoints")
+            checkpointer = DetectionCheckpointer(pl_module.model, save_dir=directory,
+                                                 save_to_disk=comm.is_main_process())
+            # period 0 (final only) still needs a schedule object; it is never stepped
+            self._periodic = IterationCheckpointer(checkpointer, max(self.period, 1), max_to_keep=self.max_to_keep)
+        return self._periodic
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        it = trainer.global_step
-        if self.period > 0 and it % self.period == 0 and it != trainer.max_steps:
+        if self.period > 0:
             # d2-parity: detectron2 names a checkpoint after the last finished iteration (0-based)
-            _save_pth(pl_module, self._dir(trainer, pl_module), f"model_{it - 1:07d}", it - 1)
+            self._checkpointer(trainer, pl_module).step(trainer.global_step - 1)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.save_final:
-            _save_pth(pl_module, self._dir(trainer, pl_module), "model_final", trainer.global_step - 1)
+            self._checkpointer(trainer, pl_module).save("model_final", iteration=trainer.global_step - 1)
 
 
 class BestCheckpointer(Callback):
@@ -268,7 +272,12 @@ class BestCheckpointer(Callback):
         directory = self.dirpath or _output_dir(trainer, pl_module, "checkpoints")
         logger.info("Saving best model at iteration %d: %s = %.4f", trainer.global_step, self.val_metric, value)
         trainer.save_checkpoint(os.path.join(directory, f"{self.file_prefix}.ckpt"))
-        _save_pth(pl_module, directory, self.file_prefix, trainer.global_step - 1)
+        if comm.is_main_process():
+            from ..checkpoint import DetectionCheckpointer
+
+            DetectionCheckpointer(pl_module.model, save_dir=directory).save(
+                self.file_prefix, iteration=trainer.global_step - 1
+            )
 
 
 class PreciseBN(Callback):

@@ -17,6 +17,8 @@ from detlightning.checkpoint import (
 from detlightning.checkpoint import checkpointer as checkpointer_mod
 from detlightning.checkpoint import detection_checkpoint as detection_mod
 
+from detlightning.utils import comm
+
 from .toy_models import ToyDetector
 
 LOGGER = "detlightning.checkpoint"
@@ -105,7 +107,7 @@ def test_save_is_skipped_without_dir_or_on_non_main_process(tmp_path, monkeypatc
     DetectionCheckpointer(model, str(tmp_path), save_to_disk=False).save("m")
     assert list(tmp_path.iterdir()) == []
 
-    monkeypatch.setattr(detection_mod, "is_main_process", lambda: False)
+    monkeypatch.setattr(comm, "get_rank", lambda: 1)
     ckpt = DetectionCheckpointer(model, str(tmp_path))
     assert ckpt.save_to_disk is False
     ckpt.save("m")
@@ -113,12 +115,12 @@ def test_save_is_skipped_without_dir_or_on_non_main_process(tmp_path, monkeypatc
 
 
 def test_is_main_process_follows_torch_distributed(monkeypatch):
-    assert checkpointer_mod.is_main_process()  # not initialised: single process
-    monkeypatch.setattr(checkpointer_mod.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(checkpointer_mod.dist, "get_rank", lambda: 1)
-    assert not checkpointer_mod.is_main_process()
-    monkeypatch.setattr(checkpointer_mod.dist, "get_rank", lambda: 0)
-    assert checkpointer_mod.is_main_process()
+    assert comm.is_main_process()  # not initialised: single process
+    monkeypatch.setattr(comm.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(comm.dist, "get_rank", lambda: 1)
+    assert not comm.is_main_process()
+    monkeypatch.setattr(comm.dist, "get_rank", lambda: 0)
+    assert comm.is_main_process()
 
 
 def test_save_rejects_names_with_directories(tmp_path):
