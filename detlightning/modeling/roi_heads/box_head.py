@@ -48,41 +48,38 @@ class FastRCNNConvFCHead(nn.Sequential):
         if input_shape.channels is None:
             raise ValueError(f"FastRCNNConvFCHead: input_shape.channels is required, got {input_shape!r}")
 
-        self._output_size: int | tuple[int, int | None, int | None] = (
-            input_shape.channels,
-            input_shape.height,
-            input_shape.width,
-        )
+        height, width = input_shape.height, input_shape.width
+        # 3x3 convs keep the spatial size, so only the channel count changes along the conv stack
+        channels = input_shape.channels
         self.conv_norm_relus: list[nn.Module] = []
-        for k, conv_dim in enumerate(conv_dims):
-            conv = Conv2d(
-                self._output_size[0],
-                conv_dim,
+        for idx, out_channels in enumerate(conv_dims, 1):
+            block = Conv2d(
+                channels,
+                out_channels,
                 kernel_size=3,
                 padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, conv_dim),
+                bias=not conv_norm,  # a norm layer carries the shift
+                norm=get_norm(conv_norm, out_channels),
                 activation=nn.ReLU(),
             )
-            self.add_module(f"conv{k + 1}", conv)
-            self.conv_norm_relus.append(conv)
-            self._output_size = (conv_dim, self._output_size[1], self._output_size[2])
+            self.add_module(f"conv{idx}", block)
+            self.conv_norm_relus.append(block)
+            channels = out_channels
+        self._output_size: int | tuple[int, int | None, int | None] = (channels, height, width)
 
         self.fcs: list[nn.Module] = []
-        for k, fc_dim in enumerate(fc_dims):
-            if k == 0:
-                self.add_module("flatten", nn.Flatten())
-                c, h, w = self._output_size  # type: ignore[misc]
-                if h is None or w is None:
-                    raise ValueError(f"FastRCNNConvFCHead: fc layers need input height and width, got {input_shape!r}")
-                in_size = c * h * w
-            else:
-                in_size = self._output_size  # type: ignore[assignment]
-            fc = Linear(int(in_size), fc_dim)
-            self.add_module(f"fc{k + 1}", fc)
-            self.add_module(f"fc_relu{k + 1}", nn.ReLU())
-            self.fcs.append(fc)
-            self._output_size = fc_dim
+        if fc_dims:
+            if height is None or width is None:
+                raise ValueError(f"FastRCNNConvFCHead: fc layers need input height and width, got {input_shape!r}")
+            self.add_module("flatten", nn.Flatten())
+            features = int(channels * height * width)
+            for idx, out_features in enumerate(fc_dims, 1):
+                fc = Linear(features, out_features)
+                self.add_module(f"fc{idx}", fc)
+                self.add_module(f"fc_relu{idx}", nn.ReLU())
+                self.fcs.append(fc)
+                features = out_features
+            self._output_size = features
 
         for layer in self.conv_norm_relus:
             c2_msra_fill(layer)

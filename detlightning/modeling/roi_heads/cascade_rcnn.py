@@ -148,18 +148,16 @@ class CascadeROIHeads(StandardROIHeads):
     ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
         """See :meth:`StandardROIHeads.forward`; training losses are per stage (``loss_cls_stage0``, ...)."""
         del images
-        if self.training:
-            if not targets:
-                raise ValueError("CascadeROIHeads: 'targets' is required in training")
-            proposals = self.label_and_sample_proposals(proposals, targets)
-            losses = self._forward_box(features, proposals, targets)
-            # the mask / keypoint heads train on the first stage's sampled proposals
-            losses.update(self._forward_mask(features, proposals))
-            losses.update(self._forward_keypoint(features, proposals))
-            return proposals, losses
-        pred_instances = self._forward_box(features, proposals)
-        pred_instances = self.forward_with_given_boxes(features, pred_instances)
-        return pred_instances, {}
+        proposals = self._training_proposals(proposals, targets)
+        if not self.training:
+            return self.forward_with_given_boxes(features, self._forward_box(features, proposals)), {}
+
+        # the later stages relabel their boxes, so unlike StandardROIHeads the targets are still needed here
+        losses = self._forward_box(features, proposals, targets)
+        # the mask / keypoint heads train on the first stage's sampled proposals
+        for branch in (self._forward_mask, self._forward_keypoint):
+            losses.update(branch(features, proposals))
+        return proposals, losses
 
     def _forward_box(  # type: ignore[override]
         self,
@@ -168,45 +166,40 @@ class CascadeROIHeads(StandardROIHeads):
         targets: list[Instances] | None = None,
     ):
         """Run the stages. Training: ``{<loss>_stage<k>}``; inference: per image the detected Instances."""
-        feature_list = [features[f] for f in self.box_in_features]
-        head_outputs = []  # (predictor, predictions, proposals) per stage
-        prev_pred_boxes = None
         image_sizes = [x.image_size for x in proposals]
-        for k in range(self.num_cascade_stages):
-            if k > 0:
-                proposals = self._create_proposals_from_boxes(prev_pred_boxes, image_sizes)
+        feature_list = [features[f] for f in self.box_in_features]
+        stages: list[tuple[nn.Module, Any, list[Instances]]] = []  # (predictor, predictions, proposals) per stage
+        for stage in range(self.num_cascade_stages):
+            if stages:  # this stage starts from the boxes the previous one predicted
+                prev_predictor, prev_predictions, prev_proposals = stages[-1]
+                refined = prev_predictor.predict_boxes(prev_predictions, prev_proposals)
+                proposals = self._create_proposals_from_boxes(refined, image_sizes)
                 if self.training:
-                    proposals = self._match_and_label_boxes(proposals, k, targets)
-            predictions = self._run_stage(feature_list, proposals, k)
-            prev_pred_boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
-            head_outputs.append((self.box_predictor[k], predictions, proposals))
+                    proposals = self._match_and_label_boxes(proposals, stage, targets)
+            stages.append((self.box_predictor[stage], self._run_stage(feature_list, proposals, stage), proposals))
 
         if self.training:
             losses = {}
             storage = get_event_storage()
-            for stage, (predictor, predictions, stage_proposals) in enumerate(head_outputs):
+            for stage, (predictor, predictions, stage_proposals) in enumerate(stages):
                 with storage.name_scope(f"stage{stage}"):
                     stage_losses = predictor.losses(predictions, stage_proposals)
                 losses.update({f"{name}_stage{stage}": v for name, v in stage_losses.items()})
             return losses
 
         # per image (Ri, K + 1): the stages' probabilities averaged
-        scores_per_stage = [h[0].predict_probs(h[1], h[2]) for h in head_outputs]
-        scores = [
-            sum(list(scores_per_image)) * (1.0 / self.num_cascade_stages)
-            for scores_per_image in zip(*scores_per_stage)
-        ]
-        predictor, predictions, last_proposals = head_outputs[-1]
-        boxes = predictor.predict_boxes(predictions, last_proposals)
-        pred_instances, _ = fast_rcnn_inference(
-            boxes,
-            scores,
+        probs_per_stage = [predictor.predict_probs(out, props) for predictor, out, props in stages]
+        mean_probs = [sum(list(per_image)) * (1.0 / self.num_cascade_stages) for per_image in zip(*probs_per_stage)]
+        last, last_out, last_proposals = stages[-1]
+        detections, _ = fast_rcnn_inference(
+            last.predict_boxes(last_out, last_proposals),
+            mean_probs,
             image_sizes,
-            predictor.test_score_thresh,
-            predictor.test_nms_thresh,
-            predictor.test_topk_per_image,
+            last.test_score_thresh,
+            last.test_nms_thresh,
+            last.test_topk_per_image,
         )
-        return pred_instances
+        return detections
 
     @torch.no_grad()
     def _match_and_label_boxes(

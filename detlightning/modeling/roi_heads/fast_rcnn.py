@@ -93,13 +93,9 @@ def fast_rcnn_inference_single_image(
     keep = batched_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
     if topk_per_image >= 0:
         keep = keep[:topk_per_image]
-    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
-
-    result = Instances(image_shape)
-    result.pred_boxes = Boxes(boxes)
-    result.scores = scores
-    result.pred_classes = filter_inds[:, 1]
-    return result, filter_inds[:, 0]
+    roi_idx, class_idx = filter_inds[keep].unbind(dim=1)
+    detections = Instances(image_shape, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=class_idx)
+    return detections, roi_idx
 
 
 def _log_classification_stats(pred_logits: torch.Tensor, gt_classes: torch.Tensor, prefix: str = "fast_rcnn") -> None:
@@ -178,16 +174,15 @@ class FastRCNNOutputLayers(nn.Module):
                 f"FastRCNNOutputLayers: input_shape must be a ShapeSpec with channels, got {input_shape!r}"
             )
         self.num_classes = num_classes
-        input_size = input_shape.channels * (input_shape.width or 1) * (input_shape.height or 1)
-        # +1: the last logit is background
-        self.cls_score = nn.Linear(input_size, num_classes + 1)
-        num_bbox_reg_classes = 1 if cls_agnostic_bbox_reg else num_classes
-        box_dim = len(box2box_transform.weights)
-        self.bbox_pred = nn.Linear(input_size, num_bbox_reg_classes * box_dim)
-
-        nn.init.normal_(self.cls_score.weight, std=0.01)
-        nn.init.normal_(self.bbox_pred.weight, std=0.001)
-        for layer in (self.cls_score, self.bbox_pred):
+        # a spatial input is flattened: the linear layers see C * H * W features
+        flat_size = input_shape.channels
+        for extent in (input_shape.height, input_shape.width):
+            flat_size *= extent or 1
+        deltas_per_roi = len(box2box_transform.weights) * (1 if cls_agnostic_bbox_reg else num_classes)
+        self.cls_score = nn.Linear(flat_size, num_classes + 1)  # +1: the last logit is background
+        self.bbox_pred = nn.Linear(flat_size, deltas_per_roi)
+        for layer, std in ((self.cls_score, 0.01), (self.bbox_pred, 0.001)):
+            nn.init.normal_(layer.weight, std=std)
             nn.init.constant_(layer.bias, 0)
 
         self.box2box_transform = box2box_transform
@@ -296,17 +291,16 @@ class FastRCNNOutputLayers(nn.Module):
     ) -> torch.Tensor:
         """The classes the federated loss covers: the unique ``gt_classes`` plus negatives sampled (without
         replacement, with probabilities ``weight`` (K,)) up to ``num_fed_loss_classes`` in total."""
-        unique_gt_classes = torch.unique(gt_classes)
-        prob = unique_gt_classes.new_ones(num_classes + 1).float()
-        prob[-1] = 0  # never sample background
-        if len(unique_gt_classes) < num_fed_loss_classes:
-            prob[:num_classes] = weight.float().clone()
-            prob[unique_gt_classes] = 0
-            sampled_negative_classes = torch.multinomial(
-                prob, num_fed_loss_classes - len(unique_gt_classes), replacement=False
-            )
-            return torch.cat([unique_gt_classes, sampled_negative_classes])
-        return unique_gt_classes
+        present = torch.unique(gt_classes)
+        num_negatives = num_fed_loss_classes - len(present)
+        if num_negatives <= 0:
+            return present
+        # draw weights over the K + 1 columns: background and the classes already present are never drawn
+        draw_weights = torch.zeros(num_classes + 1, dtype=torch.float32, device=present.device)
+        draw_weights[:num_classes] = weight.float()
+        draw_weights[present] = 0
+        negatives = torch.multinomial(draw_weights, num_negatives, replacement=False)
+        return torch.cat([present, negatives])
 
     def sigmoid_cross_entropy_loss(self, pred_class_logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
         """Sum over foreground classes of binary cross entropy, averaged over ROIs.
@@ -345,24 +339,25 @@ class FastRCNNOutputLayers(nn.Module):
         proposal_boxes / gt_boxes: (R, B); pred_deltas: (R, B) or (R, K * B); gt_classes: (R,) long.
         """
         box_dim = proposal_boxes.shape[1]
-        fg_inds = nonzero_tuple((gt_classes >= 0) & (gt_classes < self.num_classes))[0]
-        if pred_deltas.shape[1] == box_dim:  # class-agnostic
-            fg_pred_deltas = pred_deltas[fg_inds]
+        fg_rows = nonzero_tuple((gt_classes >= 0) & (gt_classes < self.num_classes))[0]
+        if pred_deltas.shape[1] != box_dim:  # class-specific: regress with the deltas of the ground-truth class
+            per_class = pred_deltas.view(pred_deltas.shape[0], self.num_classes, box_dim)
+            fg_deltas = per_class[fg_rows, gt_classes[fg_rows]]
         else:
-            fg_pred_deltas = pred_deltas.view(-1, self.num_classes, box_dim)[fg_inds, gt_classes[fg_inds]]
-
-        loss_box_reg = _dense_box_regression_loss(
-            [proposal_boxes[fg_inds]],
-            self.box2box_transform,
-            [fg_pred_deltas.unsqueeze(0)],
-            [gt_boxes[fg_inds]],
-            ...,
-            self.box_reg_loss_type,
-            self.smooth_l1_beta,
+            fg_deltas = pred_deltas[fg_rows]
+        # one "image" holding every foreground ROI of the batch, all of them foreground (fg_mask=...)
+        summed = _dense_box_regression_loss(
+            anchors=[proposal_boxes[fg_rows]],
+            box2box_transform=self.box2box_transform,
+            pred_anchor_deltas=[fg_deltas[None]],
+            gt_boxes=[gt_boxes[fg_rows]],
+            fg_mask=...,
+            box_reg_loss_type=self.box_reg_loss_type,
+            smooth_l1_beta=self.smooth_l1_beta,
         )
         # d2-parity: normalise by all sampled ROIs, not the foreground ones, so every foreground ROI weighs the same
         # whatever the foreground count of its batch (and an empty batch gives 0, not NaN).
-        return loss_box_reg / max(gt_classes.numel(), 1.0)
+        return summed / max(gt_classes.numel(), 1.0)
 
     def inference(
         self, predictions: tuple[torch.Tensor, torch.Tensor], proposals: list[Instances]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -163,25 +164,19 @@ class KRCNNConvDeconvUpsampleHead(BaseKeypointRCNNHead, nn.Sequential):
             kwargs: ``loss_weight``, ``loss_normalizer`` of :class:`BaseKeypointRCNNHead`.
         """
         super().__init__(num_keypoints=num_keypoints, **kwargs)
-        up_scale = 2.0
-        in_channels = input_shape.channels
-        for idx, layer_channels in enumerate(conv_dims, 1):
-            self.add_module(f"conv_fcn{idx}", Conv2d(in_channels, layer_channels, 3, stride=1, padding=1))
+        self.up_scale = 2.0  # bilinear factor after the deconv
+        widths = [input_shape.channels, *conv_dims]
+        for idx, (c_in, c_out) in enumerate(pairwise(widths), 1):
+            self.add_module(f"conv_fcn{idx}", Conv2d(c_in, c_out, 3, stride=1, padding=1))
             self.add_module(f"conv_fcn_relu{idx}", nn.ReLU())
-            in_channels = layer_channels
+        # kernel 4, stride 2, padding 1: exactly doubles the spatial size
+        self.score_lowres = ConvTranspose2d(widths[-1], num_keypoints, 4, stride=2, padding=1)
 
-        deconv_kernel = 4
-        self.score_lowres = ConvTranspose2d(
-            in_channels, num_keypoints, deconv_kernel, stride=2, padding=deconv_kernel // 2 - 1
-        )
-        self.up_scale = up_scale
-
-        for name, param in self.named_parameters():
-            if "bias" in name:
-                nn.init.constant_(param, 0)
-            elif "weight" in name:
-                # Caffe2's MSRAFill is He-normal with fan-out
-                nn.init.kaiming_normal_(param, mode="fan_out", nonlinearity="relu")
+        # Caffe2's MSRAFill (He-normal, fan-out) for every conv, zero biases; drawn in registration order
+        for layer in self.children():
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(layer.bias, 0)
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -177,26 +178,27 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
         if len(conv_dims) < 1:
             raise ValueError("MaskRCNNConvUpsampleHead: conv_dims must be non-empty (its last entry is the deconv's)")
 
-        self.conv_norm_relus: list[nn.Module] = []
-        cur_channels = input_shape.channels
-        for k, conv_dim in enumerate(conv_dims[:-1]):
-            conv = Conv2d(
-                cur_channels,
-                conv_dim,
+        # channel count entering / leaving each layer: N - 1 same-size 3x3 convs, then the 2x deconv
+        widths = [input_shape.channels, *conv_dims]
+        self.conv_norm_relus: list[nn.Module] = [
+            Conv2d(
+                c_in,
+                c_out,
                 kernel_size=3,
                 stride=1,
                 padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, conv_dim),
+                bias=not conv_norm,  # a norm layer carries the shift
+                norm=get_norm(conv_norm, c_out),
                 activation=nn.ReLU(),
             )
-            self.add_module(f"mask_fcn{k + 1}", conv)
-            self.conv_norm_relus.append(conv)
-            cur_channels = conv_dim
+            for c_in, c_out in pairwise(widths[:-1])
+        ]
+        for idx, block in enumerate(self.conv_norm_relus, 1):
+            self.add_module(f"mask_fcn{idx}", block)
 
-        self.deconv = ConvTranspose2d(cur_channels, conv_dims[-1], kernel_size=2, stride=2, padding=0)
+        self.deconv = ConvTranspose2d(widths[-2], widths[-1], kernel_size=2, stride=2, padding=0)
         self.add_module("deconv_relu", nn.ReLU())
-        cur_channels = conv_dims[-1]
+        cur_channels = widths[-1]
 
         self.predictor = Conv2d(cur_channels, num_classes, kernel_size=1, stride=1, padding=0)
 

@@ -59,15 +59,18 @@ def select_foreground_proposals(
         raise TypeError("select_foreground_proposals expects a non-empty list of Instances")
     if not proposals[0].has("gt_classes"):
         raise ValueError("select_foreground_proposals: proposals need a 'gt_classes' field")
-    fg_proposals = []
-    fg_selection_masks = []
-    for proposals_per_image in proposals:
-        gt_classes = proposals_per_image.gt_classes
-        fg_selection_mask = (gt_classes != -1) & (gt_classes != bg_label)
-        fg_idxs = fg_selection_mask.nonzero().squeeze(1)
-        fg_proposals.append(proposals_per_image[fg_idxs])
-        fg_selection_masks.append(fg_selection_mask)
-    return fg_proposals, fg_selection_masks
+    keep_masks = [(p.gt_classes != -1) & (p.gt_classes != bg_label) for p in proposals]
+    kept = [p[nonzero_tuple(m)[0]] for p, m in zip(proposals, keep_masks)]
+    return kept, keep_masks
+
+
+def _visible_keypoint_in_box(boxes: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+    """boxes (N, 4) XYXY, keypoints (N, K, 3) as (x, y, visibility) -> (N,) bool: some keypoint with v >= 1 lies
+    inside its row's box (borders included)."""
+    x, y, v = keypoints.unbind(dim=2)
+    x0, y0, x1, y1 = (c[:, None] for c in boxes.unbind(dim=1))
+    inside = (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    return (inside & (v >= 1)).any(dim=1)
 
 
 def select_proposals_with_visible_keypoints(proposals: list[Instances]) -> list[Instances]:
@@ -79,25 +82,16 @@ def select_proposals_with_visible_keypoints(proposals: list[Instances]) -> list[
     Unlike Detectron (which re-samples among IoU-positive proposals with a visible keypoint), proposals are
     sampled first and filtered afterwards, as detectron2 does.
     """
-    ret = []
-    all_num_fg = []
-    for proposals_per_image in proposals:
-        if len(proposals_per_image) == 0:
-            ret.append(proposals_per_image)
-            continue
-        gt_keypoints = proposals_per_image.gt_keypoints.tensor  # (N, K, 3)
-        vis_mask = gt_keypoints[:, :, 2] >= 1
-        xs, ys = gt_keypoints[:, :, 0], gt_keypoints[:, :, 1]
-        boxes = proposals_per_image.proposal_boxes.tensor.unsqueeze(dim=1)  # (N, 1, 4)
-        kp_in_box = (
-            (xs >= boxes[:, :, 0]) & (xs <= boxes[:, :, 2]) & (ys >= boxes[:, :, 1]) & (ys <= boxes[:, :, 3])
-        )
-        selection_idxs = nonzero_tuple((kp_in_box & vis_mask).any(dim=1))[0]
-        all_num_fg.append(selection_idxs.numel())
-        ret.append(proposals_per_image[selection_idxs])
-
-    get_event_storage().put_scalar("keypoint_head/num_fg_samples", np.mean(all_num_fg))
-    return ret
+    filtered: list[Instances] = []
+    kept_counts: list[int] = []  # only images that had proposals count towards the mean
+    for inst in proposals:
+        if len(inst) > 0:
+            hit = _visible_keypoint_in_box(inst.proposal_boxes.tensor, inst.gt_keypoints.tensor)
+            inst = inst[nonzero_tuple(hit)[0]]
+            kept_counts.append(len(inst))
+        filtered.append(inst)
+    get_event_storage().put_scalar("keypoint_head/num_fg_samples", np.mean(kept_counts))
+    return filtered
 
 
 class ROIHeads(nn.Module):
@@ -158,19 +152,35 @@ class ROIHeads(nn.Module):
             (S,) indices of the sampled proposals (foreground first) and their (S,) labels in [0, K]
             (K = background).
         """
-        has_gt = gt_classes.numel() > 0
-        if has_gt:
-            gt_classes = gt_classes[matched_idxs]
-            gt_classes[matched_labels == 0] = self.num_classes
-            gt_classes[matched_labels == -1] = -1
+        if gt_classes.numel() == 0:  # no ground truth: every proposal is background
+            labels = torch.full_like(matched_idxs, self.num_classes)
         else:
-            gt_classes = torch.zeros_like(matched_idxs) + self.num_classes
+            labels = gt_classes[matched_idxs]
+            labels.masked_fill_(matched_labels == 0, self.num_classes)
+            labels.masked_fill_(matched_labels == -1, -1)
+        fg_idxs, bg_idxs = subsample_labels(labels, self.batch_size_per_image, self.positive_fraction, self.num_classes)
+        keep = torch.cat((fg_idxs, bg_idxs))
+        return keep, labels[keep]
 
-        sampled_fg_idxs, sampled_bg_idxs = subsample_labels(
-            gt_classes, self.batch_size_per_image, self.positive_fraction, self.num_classes
-        )
-        sampled_idxs = torch.cat([sampled_fg_idxs, sampled_bg_idxs], dim=0)
-        return sampled_idxs, gt_classes[sampled_idxs]
+    def _sample_image(self, proposals: Instances, targets: Instances) -> Instances:
+        """Match one image's proposals to its ground truth and return the sampled ones with their ``gt_*`` fields
+        (see :meth:`label_and_sample_proposals`)."""
+        iou = pairwise_iou(targets.gt_boxes, proposals.proposal_boxes)  # (M, N)
+        matched_idxs, matched_labels = self.proposal_matcher(iou)
+        keep, labels = self._sample_proposals(matched_idxs, matched_labels, targets.gt_classes)
+        sampled = proposals[keep]
+        sampled.gt_classes = labels
+        if len(targets) > 0:
+            gt_rows = matched_idxs[keep]
+            # every gt_* field not set yet; the mask/keypoint heads filter to foreground again later
+            carried = {
+                name: value[gt_rows]
+                for name, value in targets.get_fields().items()
+                if name.startswith("gt_") and not sampled.has(name)
+            }
+            for name, value in carried.items():
+                sampled.set(name, value)
+        return sampled
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: list[Instances], targets: list[Instances]) -> list[Instances]:
@@ -191,35 +201,24 @@ class ROIHeads(nn.Module):
         if self.proposal_append_gt:
             proposals = add_ground_truth_to_proposals([x.gt_boxes for x in targets], proposals)
 
-        proposals_with_gt = []
-        num_fg_samples = []
-        num_bg_samples = []
-        for proposals_per_image, targets_per_image in zip(proposals, targets):
-            has_gt = len(targets_per_image) > 0
-            match_quality_matrix = pairwise_iou(targets_per_image.gt_boxes, proposals_per_image.proposal_boxes)
-            matched_idxs, matched_labels = self.proposal_matcher(match_quality_matrix)
-            sampled_idxs, gt_classes = self._sample_proposals(
-                matched_idxs, matched_labels, targets_per_image.gt_classes
-            )
-
-            proposals_per_image = proposals_per_image[sampled_idxs]
-            proposals_per_image.gt_classes = gt_classes
-
-            if has_gt:
-                sampled_targets = matched_idxs[sampled_idxs]
-                # copy every gt_* field not set yet; mask/keypoint heads filter to foreground again later
-                for trg_name, trg_value in targets_per_image.get_fields().items():
-                    if trg_name.startswith("gt_") and not proposals_per_image.has(trg_name):
-                        proposals_per_image.set(trg_name, trg_value[sampled_targets])
-
-            num_bg_samples.append((gt_classes == self.num_classes).sum().item())
-            num_fg_samples.append(gt_classes.numel() - num_bg_samples[-1])
-            proposals_with_gt.append(proposals_per_image)
-
+        sampled = [self._sample_image(p, t) for p, t in zip(proposals, targets)]
+        bg_counts = [int((p.gt_classes == self.num_classes).sum()) for p in sampled]
+        fg_counts = [len(p) - n_bg for p, n_bg in zip(sampled, bg_counts)]
         storage = get_event_storage()
-        storage.put_scalar("roi_head/num_fg_samples", np.mean(num_fg_samples))
-        storage.put_scalar("roi_head/num_bg_samples", np.mean(num_bg_samples))
-        return proposals_with_gt
+        storage.put_scalar("roi_head/num_fg_samples", np.mean(fg_counts))
+        storage.put_scalar("roi_head/num_bg_samples", np.mean(bg_counts))
+        return sampled
+
+    def _training_proposals(
+        self, proposals: list[Instances], targets: list[Instances] | None
+    ) -> list[Instances]:
+        """The forward preamble of every ROI head: in training, ``proposals`` labelled and sampled against
+        ``targets`` (required); in inference, ``proposals`` as given."""
+        if not self.training:
+            return proposals
+        if not targets:
+            raise ValueError(f"{type(self).__name__}: 'targets' is required in training")
+        return self.label_and_sample_proposals(proposals, targets)
 
     def forward(
         self,
@@ -270,13 +269,12 @@ class Res5ROIHeads(ROIHeads):
         """
         super().__init__(**kwargs)
         self.in_features = list(in_features)
-        self.pooler = pooler
-        if isinstance(res5, (list, tuple)):
-            res5 = nn.Sequential(*res5)
-        self.res5 = res5
-        self.box_predictor = box_predictor
         self.mask_on = mask_head is not None
-        if self.mask_on:
+        # registration order (pooler, res5, box_predictor, mask_head) fixes the order of the state_dict keys
+        self.pooler = pooler
+        self.res5 = nn.Sequential(*res5) if isinstance(res5, (list, tuple)) else res5
+        self.box_predictor = box_predictor
+        if mask_head is not None:
             self.mask_head = mask_head
 
     @classmethod
@@ -346,30 +344,26 @@ class Res5ROIHeads(ROIHeads):
     ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
         """See :meth:`ROIHeads.forward`. Training returns ``([], losses)``."""
         del images
-        if self.training:
-            if not targets:
-                raise ValueError("Res5ROIHeads: 'targets' is required in training")
-            proposals = self.label_and_sample_proposals(proposals, targets)
+        proposals = self._training_proposals(proposals, targets)
         del targets
 
-        proposal_boxes = [x.proposal_boxes for x in proposals]
-        box_features = self._shared_roi_transform([features[f] for f in self.in_features], proposal_boxes)
-        predictions = self.box_predictor(box_features.mean(dim=[2, 3]))
+        roi_features = self._shared_roi_transform(
+            [features[f] for f in self.in_features], [p.proposal_boxes for p in proposals]
+        )
+        predictions = self.box_predictor(roi_features.mean(dim=[2, 3]))
+        if not self.training:
+            detections, _ = self.box_predictor.inference(predictions, proposals)
+            return self.forward_with_given_boxes(features, detections), {}
 
-        if self.training:
-            del features
-            losses = self.box_predictor.losses(predictions, proposals)
-            if self.mask_on:
-                proposals, fg_selection_masks = select_foreground_proposals(proposals, self.num_classes)
-                # the res5 features are shared: the mask head reuses the foreground rows instead of pooling again
-                mask_features = box_features[torch.cat(fg_selection_masks, dim=0)]
-                del box_features
-                losses.update(self.mask_head(mask_features, proposals))
-            return [], losses
-
-        pred_instances, _ = self.box_predictor.inference(predictions, proposals)
-        pred_instances = self.forward_with_given_boxes(features, pred_instances)
-        return pred_instances, {}
+        del features
+        losses = self.box_predictor.losses(predictions, proposals)
+        if self.mask_on:
+            fg_proposals, fg_masks = select_foreground_proposals(proposals, self.num_classes)
+            # the res5 features are shared: the mask head reuses the foreground rows instead of pooling again
+            fg_features = roi_features[torch.cat(fg_masks, dim=0)]
+            del roi_features
+            losses.update(self.mask_head(fg_features, fg_proposals))
+        return [], losses
 
     def forward_with_given_boxes(
         self, features: dict[str, torch.Tensor], instances: list[Instances]
@@ -470,12 +464,10 @@ class StandardROIHeads(ROIHeads):
         ret["train_on_pred_boxes"] = cfg.model.roi_box_head.train_on_pred_boxes
         # A subclass may override _init_*_head as a plain method (old style); those are not bound classmethods and
         # the subclass calls them itself.
-        if inspect.ismethod(cls._init_box_head):
-            ret.update(cls._init_box_head(cfg, input_shape))
-        if inspect.ismethod(cls._init_mask_head):
-            ret.update(cls._init_mask_head(cfg, input_shape))
-        if inspect.ismethod(cls._init_keypoint_head):
-            ret.update(cls._init_keypoint_head(cfg, input_shape))
+        branch_inits = (cls._init_box_head, cls._init_mask_head, cls._init_keypoint_head)
+        for init_branch in branch_inits:
+            if inspect.ismethod(init_branch):
+                ret.update(init_branch(cfg, input_shape))
         return ret
 
     @classmethod
@@ -530,23 +522,17 @@ class StandardROIHeads(ROIHeads):
     ) -> tuple[list[Instances], dict[str, torch.Tensor]]:
         """See :meth:`ROIHeads.forward`. Training returns the sampled proposals and the losses."""
         del images
-        if self.training:
-            if not targets:
-                raise ValueError("StandardROIHeads: 'targets' is required in training")
-            proposals = self.label_and_sample_proposals(proposals, targets)
+        proposals = self._training_proposals(proposals, targets)
         del targets
+        if not self.training:
+            # masks and keypoints are computed for the final detections only
+            return self.forward_with_given_boxes(features, self._forward_box(features, proposals)), {}
 
-        if self.training:
-            losses = self._forward_box(features, proposals)
-            # with train_on_pred_boxes, _forward_box has replaced proposal_boxes by the predicted boxes
-            losses.update(self._forward_mask(features, proposals))
-            losses.update(self._forward_keypoint(features, proposals))
-            return proposals, losses
-
-        pred_instances = self._forward_box(features, proposals)
-        # cascaded inference: masks and keypoints only for the final detections
-        pred_instances = self.forward_with_given_boxes(features, pred_instances)
-        return pred_instances, {}
+        losses = self._forward_box(features, proposals)
+        # with train_on_pred_boxes, _forward_box has replaced proposal_boxes by the predicted boxes
+        for branch in (self._forward_mask, self._forward_keypoint):
+            losses.update(branch(features, proposals))
+        return proposals, losses
 
     def forward_with_given_boxes(
         self, features: dict[str, torch.Tensor], instances: list[Instances]
