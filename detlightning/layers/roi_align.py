@@ -31,15 +31,15 @@ class ROIAlign(nn.Module):
 
     def forward(self, input: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         _check_rois(rois)
-        if input.is_quantized:
-            input = input.dequantize()
+        # torchvision's kernel has no quantized variant; quantized features are pooled in float
+        features = input.dequantize() if input.is_quantized else input
         return roi_align(
-            input,
-            rois.to(dtype=input.dtype),
-            self.output_size,
-            self.spatial_scale,
-            self.sampling_ratio,
-            self.aligned,
+            features,
+            rois.to(dtype=features.dtype),
+            output_size=self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
         )
 
     def extra_repr(self) -> str:

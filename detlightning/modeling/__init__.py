@@ -22,17 +22,8 @@ from .backbone import (
 )
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
 from .matcher import Matcher
-from .meta_arch import (
-    META_ARCH_REGISTRY,
-    SEM_SEG_HEADS_REGISTRY,
-    GeneralizedRCNN,
-    PanopticFPN,
-    ProposalNetwork,
-    RetinaNet,
-    SemanticSegmentor,
-    build_model,
-    build_sem_seg_head,
-)
+from .meta_arch import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_model, build_sem_seg_head
+from .meta_arch import GeneralizedRCNN, PanopticFPN, ProposalNetwork, RetinaNet, SemanticSegmentor
 from .postprocessing import detector_postprocess, sem_seg_postprocess
 from .poolers import ROIPooler
 from .proposal_generator import (

@@ -87,28 +87,19 @@ class Box2BoxTransform:
         # d2-parity: decode in fp32 even under autocast; half precision loses whole pixels on large images.
         deltas = deltas.float()
         boxes = boxes.to(deltas.dtype)
-
-        widths = boxes[:, 2] - boxes[:, 0]
-        heights = boxes[:, 3] - boxes[:, 1]
-        ctr_x = boxes[:, 0] + 0.5 * widths
-        ctr_y = boxes[:, 1] + 0.5 * heights
+        # (N, k*4) -> (N, k, 4): one row of k transforms per box; box sizes and centres broadcast as (N, 1)
+        per_box = deltas.reshape(deltas.shape[0], deltas.shape[1] // 4, 4)
+        x0, y0, x1, y1 = (c[:, None] for c in boxes.unbind(dim=1))
+        box_w, box_h = x1 - x0, y1 - y0
+        centre_x, centre_y = x0 + 0.5 * box_w, y0 + 0.5 * box_h
 
         wx, wy, ww, wh = self.weights
-        dx = deltas[:, 0::4] / wx
-        dy = deltas[:, 1::4] / wy
-        dw = torch.clamp(deltas[:, 2::4] / ww, max=self.scale_clamp)
-        dh = torch.clamp(deltas[:, 3::4] / wh, max=self.scale_clamp)
-
-        pred_ctr_x = dx * widths[:, None] + ctr_x[:, None]
-        pred_ctr_y = dy * heights[:, None] + ctr_y[:, None]
-        pred_w = torch.exp(dw) * widths[:, None]
-        pred_h = torch.exp(dh) * heights[:, None]
-
-        x1 = pred_ctr_x - 0.5 * pred_w
-        y1 = pred_ctr_y - 0.5 * pred_h
-        x2 = pred_ctr_x + 0.5 * pred_w
-        y2 = pred_ctr_y + 0.5 * pred_h
-        return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
+        new_cx = per_box[..., 0] / wx * box_w + centre_x
+        new_cy = per_box[..., 1] / wy * box_h + centre_y
+        half_w = 0.5 * (torch.exp((per_box[..., 2] / ww).clamp(max=self.scale_clamp)) * box_w)
+        half_h = 0.5 * (torch.exp((per_box[..., 3] / wh).clamp(max=self.scale_clamp)) * box_h)
+        corners = (new_cx - half_w, new_cy - half_h, new_cx + half_w, new_cy + half_h)
+        return torch.stack(corners, dim=-1).reshape(deltas.shape)
 
 
 class Box2BoxTransformRotated:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from ..structures import Instances, ROIMasks
+from ..structures import Boxes, Instances, ROIMasks
 
 __all__ = ["detector_postprocess", "sem_seg_postprocess"]
 
@@ -43,35 +43,37 @@ def detector_postprocess(
     scale_y = output_height_tmp / results.image_size[0]
     results = Instances(new_size, **results.get_fields())
 
-    if results.has("pred_boxes"):
-        output_boxes = results.pred_boxes
-    elif results.has("proposal_boxes"):
-        output_boxes = results.proposal_boxes
-    else:
+    box_field = next((f for f in ("pred_boxes", "proposal_boxes") if results.has(f)), None)
+    if box_field is None:
         raise ValueError(
             f"detector_postprocess: predictions must contain 'pred_boxes' or 'proposal_boxes'; fields are "
             f"{list(results.get_fields())}"
         )
-
-    output_boxes.scale(scale_x, scale_y)
-    output_boxes.clip(results.image_size)
-
-    results = results[output_boxes.nonempty()]
+    boxes = results.get(box_field)
+    boxes.scale(scale_x, scale_y)
+    boxes.clip(results.image_size)
+    results = results[boxes.nonempty()]
 
     if results.has("pred_masks"):
-        if isinstance(results.pred_masks, ROIMasks):
-            roi_masks = results.pred_masks
-        else:
-            roi_masks = ROIMasks(results.pred_masks[:, 0, :, :])  # (N, 1, M, M) -> (N, M, M)
-        results.pred_masks = roi_masks.to_bitmasks(
-            results.pred_boxes, output_height, output_width, mask_threshold
-        ).tensor
-
+        results.pred_masks = _paste_masks(
+            results.pred_masks, results.pred_boxes, output_height, output_width, mask_threshold
+        )
     if results.has("pred_keypoints"):
-        results.pred_keypoints[:, :, 0] *= scale_x
-        results.pred_keypoints[:, :, 1] *= scale_y
-
+        for axis, scale in enumerate((scale_x, scale_y)):  # x, y of (N, K, 3) keypoints; the score is kept
+            results.pred_keypoints[:, :, axis] *= scale
     return results
+
+
+def _paste_masks(
+    masks: ROIMasks | torch.Tensor,
+    boxes: Boxes,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
+    """Box-frame mask probabilities (``ROIMasks`` or (N, 1, M, M)) -> (N, height, width) bool image masks."""
+    roi_masks = masks if isinstance(masks, ROIMasks) else ROIMasks(masks[:, 0])
+    return roi_masks.to_bitmasks(boxes, height, width, threshold).tensor
 
 
 def sem_seg_postprocess(

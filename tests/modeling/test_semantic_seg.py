@@ -124,6 +124,16 @@ def test_training_needs_sem_seg(model: SemanticSegmentor):
     model.eval()
 
 
+def test_pixel_mean_and_std_must_have_the_same_channels(model: SemanticSegmentor):
+    with pytest.raises(ValueError, match=r"SemanticSegmentor: pixel_mean \(3 values\) and pixel_std \(1 values\)"):
+        SemanticSegmentor(
+            backbone=model.backbone,
+            sem_seg_head=model.sem_seg_head,
+            pixel_mean=[103.53, 116.28, 123.675],
+            pixel_std=[1.0],
+        )
+
+
 @pytest.mark.parametrize("norm", ["", "GN", "BN", "SyncBN"])
 def test_head_norm_variants(norm: str):
     shapes = {"p2": ShapeSpec(channels=32, stride=4), "p3": ShapeSpec(channels=32, stride=8)}

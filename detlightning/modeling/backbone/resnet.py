@@ -40,6 +40,43 @@ _NUM_BLOCKS_PER_STAGE = {
 }
 
 
+def _conv_norm(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    norm: NormSpec,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Conv2d:
+    """Bias-free square conv + ``norm``, padded so that only the stride changes the spatial size."""
+    return Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+        groups=groups,
+        bias=False,
+        norm=get_norm(norm, out_channels),
+    )
+
+
+def _projection(in_channels: int, out_channels: int, stride: int, norm: NormSpec) -> Conv2d | None:
+    """The 1x1 shortcut of a residual block, or None (identity) when the channels already agree."""
+    if in_channels == out_channels:
+        return None
+    return _conv_norm(in_channels, out_channels, 1, norm, stride=stride)
+
+
+def _msra_init(*layers: nn.Module | None) -> None:
+    for layer in layers:
+        if layer is not None:
+            c2_msra_fill(layer)
+
+
 class BasicBlock(CNNBlockBase):
     """The two-3x3-conv residual block of ResNet-18/34, with a 1x1 projection shortcut when channels change."""
 
@@ -50,33 +87,10 @@ class BasicBlock(CNNBlockBase):
             norm: normalisation after every conv, see :func:`detlightning.layers.get_norm`.
         """
         super().__init__(in_channels, out_channels, stride)
-        if in_channels != out_channels:
-            self.shortcut = Conv2d(
-                in_channels, out_channels, kernel_size=1, stride=stride, bias=False, norm=get_norm(norm, out_channels)
-            )
-        else:
-            self.shortcut = None
-        self.conv1 = Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=3,
-            stride=stride,
-            padding=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        self.conv2 = Conv2d(
-            out_channels,
-            out_channels,
-            kernel_size=3,
-            stride=1,
-            padding=1,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        for layer in (self.conv1, self.conv2, self.shortcut):
-            if layer is not None:
-                c2_msra_fill(layer)
+        self.shortcut = _projection(in_channels, out_channels, stride, norm)
+        self.conv1 = _conv_norm(in_channels, out_channels, 3, norm, stride=stride)
+        self.conv2 = _conv_norm(out_channels, out_channels, 3, norm)
+        _msra_init(self.conv1, self.conv2, self.shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
@@ -110,39 +124,21 @@ class BottleneckBlock(CNNBlockBase):
             dilation: dilation of the 3x3 conv.
         """
         super().__init__(in_channels, out_channels, stride)
-        if in_channels != out_channels:
-            self.shortcut = Conv2d(
-                in_channels, out_channels, kernel_size=1, stride=stride, bias=False, norm=get_norm(norm, out_channels)
-            )
-        else:
-            self.shortcut = None
-
+        self.shortcut = _projection(in_channels, out_channels, stride, norm)
+        # the block's stride sits either in the reducing 1x1 conv or in the 3x3 conv
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = Conv2d(
-            in_channels,
-            bottleneck_channels,
-            kernel_size=1,
-            stride=stride_1x1,
-            bias=False,
-            norm=get_norm(norm, bottleneck_channels),
-        )
-        self.conv2 = Conv2d(
+        self.conv1 = _conv_norm(in_channels, bottleneck_channels, 1, norm, stride=stride_1x1)
+        self.conv2 = _conv_norm(
             bottleneck_channels,
             bottleneck_channels,
-            kernel_size=3,
+            3,
+            norm,
             stride=stride_3x3,
-            padding=dilation,
-            bias=False,
-            groups=num_groups,
             dilation=dilation,
-            norm=get_norm(norm, bottleneck_channels),
+            groups=num_groups,
         )
-        self.conv3 = Conv2d(
-            bottleneck_channels, out_channels, kernel_size=1, bias=False, norm=get_norm(norm, out_channels)
-        )
-        for layer in (self.conv1, self.conv2, self.conv3, self.shortcut):
-            if layer is not None:
-                c2_msra_fill(layer)
+        self.conv3 = _conv_norm(bottleneck_channels, out_channels, 1, norm)
+        _msra_init(self.conv1, self.conv2, self.conv3, self.shortcut)
         # d2-parity: the last norm of the branch is NOT zero-initialised (detectron2 found it hurts GN from scratch).
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,16 +164,8 @@ class BasicStem(CNNBlockBase):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 64, norm: NormSpec = "BN") -> None:
         super().__init__(in_channels, out_channels, 4)
-        self.conv1 = Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=7,
-            stride=2,
-            padding=3,
-            bias=False,
-            norm=get_norm(norm, out_channels),
-        )
-        c2_msra_fill(self.conv1)
+        self.conv1 = _conv_norm(in_channels, out_channels, 7, norm, stride=2)
+        _msra_init(self.conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu_(self.conv1(x))
@@ -272,19 +260,16 @@ class ResNet(Backbone):
         """
         if x.dim() != 4:
             raise ValueError(f"ResNet takes an input of shape (N, C, H, W), got {tuple(x.shape)}")
-        outputs = {}
-        x = self.stem(x)
-        if "stem" in self._out_features:
-            outputs["stem"] = x
-        for name, stage in zip(self.stage_names, self.stages):
-            x = stage(x)
-            if name in self._out_features:
+        wanted = self._out_features
+        outputs: dict[str, torch.Tensor] = {}
+        for name, module in (("stem", self.stem), *zip(self.stage_names, self.stages)):
+            x = module(x)
+            if name in wanted:
                 outputs[name] = x
         if self.num_classes is not None:
-            x = torch.flatten(self.avgpool(x), 1)
-            x = self.linear(x)
-            if "linear" in self._out_features:
-                outputs["linear"] = x
+            logits = self.linear(torch.flatten(self.avgpool(x), 1))
+            if "linear" in wanted:
+                outputs["linear"] = logits
         return outputs
 
     def output_shape(self) -> dict[str, ShapeSpec]:
@@ -298,12 +283,11 @@ class ResNet(Backbone):
 
         Frozen blocks stop gradients and have their BatchNorms converted to FrozenBatchNorm2d. Returns self.
         """
-        if freeze_at >= 1:
-            self.stem.freeze()
-        for idx, stage in enumerate(self.stages, start=2):
-            if freeze_at >= idx:
-                for block in stage.children():
-                    block.freeze()
+        # stage k (res{k + 1}) is frozen when freeze_at >= k, the stem being stage 1
+        frozen_stages = self.stages[: max(freeze_at - 1, 0)]
+        to_freeze = ([self.stem] if freeze_at >= 1 else []) + [block for stage in frozen_stages for block in stage]
+        for module in to_freeze:
+            module.freeze()
         return self
 
     @staticmethod

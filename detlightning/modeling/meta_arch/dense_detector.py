@@ -14,7 +14,14 @@ from torch import nn
 from ...structures import Boxes, ImageList, Instances
 from ..backbone import Backbone
 from ..postprocessing import detector_postprocess
-from .inputs import _check_batched_inputs, _gt_instances, _normalize_images, _pixel_buffer, _require_storage
+from .inputs import (
+    _check_batched_inputs,
+    _gt_instances,
+    _normalize_images,
+    _output_sizes,
+    _register_pixel_stats,
+    _require_storage,
+)
 
 __all__ = ["DenseDetector", "permute_to_N_HWA_K"]
 
@@ -64,11 +71,7 @@ class DenseDetector(nn.Module):
             if missing:
                 raise KeyError(f"head_in_features {missing} are not backbone outputs; those are {sorted(shapes)}")
             self.head_in_features = list(head_in_features)
-        # d2-parity: non-persistent buffers; checkpoints do not hold them.
-        self.register_buffer("pixel_mean", _pixel_buffer(pixel_mean, "pixel_mean"), persistent=False)
-        self.register_buffer("pixel_std", _pixel_buffer(pixel_std, "pixel_std"), persistent=False)
-        if self.pixel_mean.shape != self.pixel_std.shape:
-            raise ValueError("pixel_mean and pixel_std must have one value per input channel each")
+        _register_pixel_stats(self, pixel_mean, pixel_std, type(self).__name__)
 
     @property
     def device(self) -> torch.device:
@@ -97,12 +100,8 @@ class DenseDetector(nn.Module):
             return self.forward_training(images, features_list, predictions, gt_instances)
 
         results = self.forward_inference(images, features_list, predictions)
-        processed_results = []
-        for results_per_image, input_per_image, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
-            processed_results.append({"instances": detector_postprocess(results_per_image, height, width)})
-        return processed_results
+        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        return [{"instances": detector_postprocess(r, h, w)} for r, (h, w) in zip(results, sizes)]
 
     def forward_training(
         self,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from ...layers import move_device_like
 from ...structures import Instances
@@ -95,3 +96,23 @@ def _pixel_buffer(values: Sequence[float], name: str) -> torch.Tensor:
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"{name} must be a non-empty list of per-channel values, got {list(values)}")
     return t.view(-1, 1, 1)
+
+
+def _register_pixel_stats(module: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float], owner: str) -> None:
+    """Give ``module`` the (C, 1, 1) float32 buffers ``pixel_mean`` and ``pixel_std`` used by
+    :func:`_normalize_images`, after checking that both have one value per input channel."""
+    mean, std = _pixel_buffer(pixel_mean, "pixel_mean"), _pixel_buffer(pixel_std, "pixel_std")
+    if mean.shape != std.shape:
+        raise ValueError(
+            f"{owner}: pixel_mean ({mean.numel()} values) and pixel_std ({std.numel()} values) must have one value "
+            f"per input channel each"
+        )
+    # d2-parity: non-persistent, so neither detectron2 checkpoints nor ours hold them (they come from the config).
+    module.register_buffer("pixel_mean", mean, persistent=False)
+    module.register_buffer("pixel_std", std, persistent=False)
+
+
+def _output_sizes(batched_inputs: Sequence[dict], image_sizes: Sequence[tuple[int, int]]) -> list[tuple[Any, Any]]:
+    """Per image, the (height, width) its outputs are rescaled to: the input's ``"height"``/``"width"`` when given,
+    else the size the network saw."""
+    return [(x.get("height", size[0]), x.get("width", size[1])) for x, size in zip(batched_inputs, image_sizes)]

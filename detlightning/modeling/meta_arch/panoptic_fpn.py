@@ -11,7 +11,7 @@ from ...config import configurable
 from ...structures import Instances
 from ..postprocessing import detector_postprocess, sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY
-from .inputs import _check_batched_inputs, _gt_instances, _require_key, _require_storage
+from .inputs import _check_batched_inputs, _gt_instances, _output_sizes, _require_key, _require_storage
 from .rcnn import GeneralizedRCNN
 from .semantic_seg import _padded_targets, build_sem_seg_head
 
@@ -32,17 +32,17 @@ class PanopticFPN(GeneralizedRCNN):
         self,
         *,
         sem_seg_head: nn.Module,
+        combine_instances_score_thresh: float = 0.5,
         combine_overlap_thresh: float = 0.5,
         combine_stuff_area_thresh: float = 4096,
-        combine_instances_score_thresh: float = 0.5,
         **kwargs: Any,
     ) -> None:
         """
         Args:
             sem_seg_head: semantic segmentation head (e.g. :class:`SemSegFPNHead`) whose class 0 stands for "thing".
+            combine_instances_score_thresh: ignore instances scoring below this.
             combine_overlap_thresh: drop an instance whose mask is covered more than this by earlier instances.
             combine_stuff_area_thresh: drop stuff regions smaller than this many pixels.
-            combine_instances_score_thresh: ignore instances scoring below this.
             kwargs: :class:`GeneralizedRCNN` arguments.
         """
         super().__init__(**kwargs)
@@ -133,23 +133,27 @@ class PanopticFPN(GeneralizedRCNN):
         if not do_postprocess:
             return detector_results, sem_seg_results
 
-        processed_results = []
-        for sem_seg_result, detector_result, input_per_image, image_size in zip(
-            sem_seg_results, detector_results, batched_inputs, images.image_sizes
+        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        outputs = []
+        for logits, raw_instances, input_size, (height, width) in zip(
+            sem_seg_results, detector_results, images.image_sizes, sizes
         ):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
-            sem_seg_r = sem_seg_postprocess(sem_seg_result, image_size, height, width)
-            detector_r = detector_postprocess(detector_result, height, width)
-            panoptic_r = combine_semantic_and_instance_outputs(
-                detector_r,
-                sem_seg_r.argmax(dim=0),
-                self.combine_overlap_thresh,
-                self.combine_stuff_area_thresh,
-                self.combine_instances_score_thresh,
+            sem_seg = sem_seg_postprocess(logits, input_size, height, width)
+            instances = detector_postprocess(raw_instances, height, width)
+            outputs.append(
+                {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": self._panoptic(instances, sem_seg)}
             )
-            processed_results.append({"sem_seg": sem_seg_r, "instances": detector_r, "panoptic_seg": panoptic_r})
-        return processed_results
+        return outputs
+
+    def _panoptic(self, instances: Instances, sem_seg: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Panoptic segmentation of one image from its rescaled instances and (C, H, W) semantic logits."""
+        return combine_semantic_and_instance_outputs(
+            instances,
+            sem_seg.argmax(dim=0),
+            overlap_threshold=self.combine_overlap_thresh,
+            stuff_area_thresh=self.combine_stuff_area_thresh,
+            instances_score_thresh=self.combine_instances_score_thresh,
+        )
 
 
 def combine_semantic_and_instance_outputs(

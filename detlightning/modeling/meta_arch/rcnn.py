@@ -22,7 +22,15 @@ from ..postprocessing import detector_postprocess
 from ..proposal_generator import build_proposal_generator
 from ..registry import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
-from .inputs import _check_batched_inputs, _gt_instances, _normalize_images, _pixel_buffer, _require_key, _require_storage
+from .inputs import (
+    _check_batched_inputs,
+    _gt_instances,
+    _normalize_images,
+    _output_sizes,
+    _register_pixel_stats,
+    _require_key,
+    _require_storage,
+)
 
 __all__ = ["GeneralizedRCNN", "ProposalNetwork"]
 
@@ -68,14 +76,7 @@ class GeneralizedRCNN(nn.Module):
         if self.vis_period > 0 and input_format is None:
             raise ValueError("GeneralizedRCNN: input_format is required when vis_period > 0 (for visualisation)")
 
-        # d2-parity: non-persistent, so neither detectron2 checkpoints nor ours hold them (they come from the config).
-        self.register_buffer("pixel_mean", _pixel_buffer(pixel_mean, "pixel_mean"), persistent=False)
-        self.register_buffer("pixel_std", _pixel_buffer(pixel_std, "pixel_std"), persistent=False)
-        if self.pixel_mean.shape != self.pixel_std.shape:
-            raise ValueError(
-                f"pixel_mean ({self.pixel_mean.numel()} values) and pixel_std ({self.pixel_std.numel()} values) "
-                f"must have one value per input channel each"
-            )
+        _register_pixel_stats(self, pixel_mean, pixel_std, "GeneralizedRCNN")
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
@@ -221,13 +222,8 @@ class GeneralizedRCNN(nn.Module):
         instances: list[Instances], batched_inputs: list[dict[str, Any]], image_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Instances]]:
         """Rescale each image's instances to its ``"height"``/``"width"`` (default: the input size)."""
-        processed_results = []
-        for results_per_image, input_per_image, image_size in zip(instances, batched_inputs, image_sizes):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
-            r = detector_postprocess(results_per_image, height, width)
-            processed_results.append({"instances": r})
-        return processed_results
+        sizes = _output_sizes(batched_inputs, image_sizes)
+        return [{"instances": detector_postprocess(inst, h, w)} for inst, (h, w) in zip(instances, sizes)]
 
 
 @META_ARCH_REGISTRY.register()
@@ -257,14 +253,7 @@ class ProposalNetwork(nn.Module):
             )
         self.backbone = backbone
         self.proposal_generator = proposal_generator
-        # d2-parity: non-persistent buffers, as in GeneralizedRCNN.
-        self.register_buffer("pixel_mean", _pixel_buffer(pixel_mean, "pixel_mean"), persistent=False)
-        self.register_buffer("pixel_std", _pixel_buffer(pixel_std, "pixel_std"), persistent=False)
-        if self.pixel_mean.shape != self.pixel_std.shape:
-            raise ValueError(
-                f"pixel_mean ({self.pixel_mean.numel()} values) and pixel_std ({self.pixel_std.numel()} values) "
-                f"must have one value per input channel each"
-            )
+        _register_pixel_stats(self, pixel_mean, pixel_std, "ProposalNetwork")
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
@@ -321,10 +310,5 @@ class ProposalNetwork(nn.Module):
         if self.training:
             return proposal_losses
 
-        processed_results = []
-        for results_per_image, input_per_image, image_size in zip(proposals, batched_inputs, images.image_sizes):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
-            r = detector_postprocess(results_per_image, height, width)
-            processed_results.append({"proposals": r})
-        return processed_results
+        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        return [{"proposals": detector_postprocess(p, h, w)} for p, (h, w) in zip(proposals, sizes)]

@@ -25,6 +25,8 @@ __all__ = ["RetinaNet", "RetinaNetHead"]
 
 logger = logging.getLogger(__name__)
 
+_BOX_REG_LOSS_TYPES = ("smooth_l1", "giou", "diou", "ciou")
+
 
 @META_ARCH_REGISTRY.register()
 class RetinaNet(DenseDetector):
@@ -77,24 +79,28 @@ class RetinaNet(DenseDetector):
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         if len(self.backbone.output_shape()) != len(self.head_in_features):
             logger.warning("[RetinaNet] Backbone produces unused features.")
-        if box_reg_loss_type not in ("smooth_l1", "giou", "diou", "ciou"):
+        if box_reg_loss_type not in _BOX_REG_LOSS_TYPES:
             raise ValueError(
-                f"RetinaNet: box_reg_loss_type must be 'smooth_l1', 'giou', 'diou' or 'ciou', got {box_reg_loss_type!r}"
+                f"RetinaNet: box_reg_loss_type must be one of {_BOX_REG_LOSS_TYPES}, got {box_reg_loss_type!r}"
             )
-        self.anchor_generator = anchor_generator
-        self.box2box_transform = box2box_transform
-        self.anchor_matcher = anchor_matcher
         self.num_classes = int(num_classes)
-        self.focal_loss_alpha = focal_loss_alpha
-        self.focal_loss_gamma = focal_loss_gamma
-        self.smooth_l1_beta = smooth_l1_beta
-        self.box_reg_loss_type = box_reg_loss_type
-        self.test_score_thresh = test_score_thresh
-        self.test_topk_candidates = test_topk_candidates
-        self.test_nms_thresh = test_nms_thresh
-        self.max_detections_per_image = max_detections_per_image
-        self.vis_period = vis_period
         self.input_format = input_format
+        self.vis_period = vis_period
+
+        # training: anchors, their labelling, and the two losses
+        self.anchor_generator = anchor_generator
+        self.anchor_matcher = anchor_matcher
+        self.box2box_transform = box2box_transform
+        self.box_reg_loss_type = box_reg_loss_type
+        self.smooth_l1_beta = smooth_l1_beta
+        self.focal_loss_gamma = focal_loss_gamma
+        self.focal_loss_alpha = focal_loss_alpha
+
+        # inference: candidate selection and NMS
+        self.max_detections_per_image = max_detections_per_image
+        self.test_nms_thresh = test_nms_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_score_thresh = test_score_thresh
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
@@ -162,33 +168,29 @@ class RetinaNet(DenseDetector):
         Returns:
             ``{"loss_cls", "loss_box_reg"}`` scalars.
         """
-        num_images = len(gt_labels)
-        gt_labels_t = torch.stack(gt_labels)  # (N, R)
-        valid_mask = gt_labels_t >= 0
-        pos_mask = (gt_labels_t >= 0) & (gt_labels_t != self.num_classes)
-        num_pos_anchors = pos_mask.sum().item()
-        get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
-        normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
+        labels = torch.stack(gt_labels)  # (N, R)
+        labelled = labels >= 0  # ignored anchors (-1) take part in neither loss
+        foreground = labelled & (labels != self.num_classes)
+        num_fg = foreground.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_fg / len(gt_labels))
+        normalizer = self._ema_update("loss_normalizer", max(num_fg, 1), 100)
 
-        # background is the all-zero target: drop the one-hot column of label K
-        gt_labels_target = F.one_hot(gt_labels_t[valid_mask], num_classes=self.num_classes + 1)[:, :-1]
-        loss_cls = sigmoid_focal_loss_jit(
-            cat(pred_logits, dim=1)[valid_mask],
-            gt_labels_target.to(pred_logits[0].dtype),
-            alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-            reduction="sum",
+        logits = cat(pred_logits, dim=1)[labelled]
+        # one-hot over K + 1 columns minus the last: a background anchor's target is all zeros
+        targets = F.one_hot(labels[labelled], num_classes=self.num_classes + 1)[:, :-1].to(pred_logits[0].dtype)
+        cls_loss = sigmoid_focal_loss_jit(
+            logits, targets, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="sum"
         )
-        loss_box_reg = _dense_box_regression_loss(
+        box_loss = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,
             pred_anchor_deltas,
             gt_boxes,
-            pos_mask,
+            foreground,
             box_reg_loss_type=self.box_reg_loss_type,
             smooth_l1_beta=self.smooth_l1_beta,
         )
-        return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+        return {"loss_cls": cls_loss / normalizer, "loss_box_reg": box_loss / normalizer}
 
     @torch.no_grad()
     def label_anchors(

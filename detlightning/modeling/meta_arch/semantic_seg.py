@@ -18,7 +18,7 @@ from ...layers.weight_init import c2_msra_fill
 from ..build import build_component
 from ..postprocessing import sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
-from .inputs import _check_batched_inputs, _normalize_images, _pixel_buffer, _require_key
+from .inputs import _check_batched_inputs, _normalize_images, _output_sizes, _register_pixel_stats, _require_key
 
 __all__ = ["SEM_SEG_HEADS_REGISTRY", "SemSegFPNHead", "SemanticSegmentor", "build_sem_seg_head"]
 
@@ -60,9 +60,7 @@ class SemanticSegmentor(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
-        # d2-parity: non-persistent, as in every detectron2 meta-architecture
-        self.register_buffer("pixel_mean", _pixel_buffer(pixel_mean, "pixel_mean"), persistent=False)
-        self.register_buffer("pixel_std", _pixel_buffer(pixel_std, "pixel_std"), persistent=False)
+        _register_pixel_stats(self, pixel_mean, pixel_std, "SemanticSegmentor")
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
@@ -96,20 +94,19 @@ class SemanticSegmentor(nn.Module):
 
         if self.training:
             _require_key(batched_inputs, "sem_seg", "SemanticSegmentor", "training needs the ground truth")
+        targets = None
         if "sem_seg" in batched_inputs[0]:
+            # d2-parity: a given ground truth is padded (and checked) in eval mode too, though the head ignores it
             targets = _padded_targets(batched_inputs, self.backbone, self.sem_seg_head.ignore_value, self.device)
-        else:
-            targets = None
-        results, losses = self.sem_seg_head(features, targets)
+        logits, losses = self.sem_seg_head(features, targets)
         if self.training:
             return losses
 
-        processed_results = []
-        for result, input_per_image, image_size in zip(results, batched_inputs, images.image_sizes):
-            height = input_per_image.get("height", image_size[0])
-            width = input_per_image.get("width", image_size[1])
-            processed_results.append({"sem_seg": sem_seg_postprocess(result, image_size, height, width)})
-        return processed_results
+        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        return [
+            {"sem_seg": sem_seg_postprocess(per_image, input_size, *out_size)}
+            for per_image, input_size, out_size in zip(logits, images.image_sizes, sizes)
+        ]
 
 
 def build_sem_seg_head(cfg: Any, input_shape: dict[str, ShapeSpec]) -> nn.Module:

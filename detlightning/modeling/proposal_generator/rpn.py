@@ -120,13 +120,8 @@ class StandardRPNHead(nn.Module):
             objectness logits: L tensors (N, A, Hi, Wi);
             anchor deltas: L tensors (N, A*B, Hi, Wi).
         """
-        pred_objectness_logits = []
-        pred_anchor_deltas = []
-        for x in features:
-            t = self.conv(x)
-            pred_objectness_logits.append(self.objectness_logits(t))
-            pred_anchor_deltas.append(self.anchor_deltas(t))
-        return pred_objectness_logits, pred_anchor_deltas
+        hidden = [self.conv(x) for x in features]  # the same convs run on every level
+        return [self.objectness_logits(h) for h in hidden], [self.anchor_deltas(h) for h in hidden]
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
@@ -267,31 +262,24 @@ class RPN(nn.Module):
                 fields = list(inst.get_fields()) if isinstance(inst, Instances) else type(inst).__name__
                 raise ValueError(f"RPN: gt_instances[{i}] must be Instances with a 'gt_boxes' field, got {fields}")
 
-        gt_labels = []
-        matched_gt_boxes = []
         # Per image: IoU matrices are (M_i, R), and the sampling draws per image like detectron2 (seeded parity).
-        for inst in gt_instances:
-            image_size_i, gt_boxes_i = inst.image_size, inst.gt_boxes
-            match_quality_matrix = pairwise_iou(gt_boxes_i, anchors)
-            matched_idxs, gt_labels_i = self.anchor_matcher(match_quality_matrix)
-            gt_labels_i = gt_labels_i.to(device=gt_boxes_i.device)
-            del match_quality_matrix
+        per_image = [self._label_image(anchors, inst.gt_boxes, inst.image_size) for inst in gt_instances]
+        return [labels for labels, _ in per_image], [boxes for _, boxes in per_image]
 
-            if self.anchor_boundary_thresh >= 0:
-                # legacy (off by default): ignore anchors that stick out of the image
-                inside = anchors.inside_box(image_size_i, self.anchor_boundary_thresh)
-                gt_labels_i[~inside] = -1
-
-            gt_labels_i = self._subsample_labels(gt_labels_i)
-
-            if len(gt_boxes_i) == 0:
-                # all anchors are background: the regression targets are never read
-                matched_gt_boxes_i = torch.zeros_like(anchors.tensor)
-            else:
-                matched_gt_boxes_i = gt_boxes_i[matched_idxs].tensor
-            gt_labels.append(gt_labels_i)
-            matched_gt_boxes.append(matched_gt_boxes_i)
-        return gt_labels, matched_gt_boxes
+    def _label_image(
+        self, anchors: Boxes, gt_boxes: Boxes, image_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R,) sampled labels in {-1, 0, 1} and (R, 4) matched ground-truth boxes of one image's R anchors."""
+        matched_idxs, labels = self.anchor_matcher(pairwise_iou(gt_boxes, anchors))
+        labels = labels.to(device=gt_boxes.device)
+        if self.anchor_boundary_thresh >= 0:
+            # legacy (off by default): ignore anchors that stick out of the image
+            labels[~anchors.inside_box(image_size, self.anchor_boundary_thresh)] = -1
+        labels = self._subsample_labels(labels)
+        if len(gt_boxes) == 0:
+            # all anchors are background: the regression targets are never read
+            return labels, torch.zeros_like(anchors.tensor)
+        return labels, gt_boxes[matched_idxs].tensor
 
     @torch.jit.unused
     def losses(
@@ -314,30 +302,24 @@ class RPN(nn.Module):
             {"loss_rpn_cls": objectness BCE, "loss_rpn_loc": box regression}, each times its loss weight.
         """
         num_images = len(gt_labels)
-        gt_labels_t = torch.stack(gt_labels)  # (N, R)
-
-        pos_mask = gt_labels_t == 1
-        num_pos_anchors = pos_mask.sum().item()
-        num_neg_anchors = (gt_labels_t == 0).sum().item()
+        labels = torch.stack(gt_labels)  # (N, R)
+        positive = labels == 1
         storage = get_event_storage()
-        storage.put_scalar("rpn/num_pos_anchors", num_pos_anchors / num_images)
-        storage.put_scalar("rpn/num_neg_anchors", num_neg_anchors / num_images)
+        for kind, mask in (("pos", positive), ("neg", labels == 0)):
+            storage.put_scalar(f"rpn/num_{kind}_anchors", mask.sum().item() / num_images)
 
+        sampled = labels >= 0  # -1: not in the sample
+        objectness_loss = F.binary_cross_entropy_with_logits(
+            cat(pred_objectness_logits, dim=1)[sampled], labels[sampled].to(torch.float32), reduction="sum"
+        )
         localization_loss = _dense_box_regression_loss(
             anchors,
             self.box2box_transform,
             pred_anchor_deltas,
             gt_boxes,
-            pos_mask,
+            positive,
             box_reg_loss_type=self.box_reg_loss_type,
             smooth_l1_beta=self.smooth_l1_beta,
-        )
-
-        valid_mask = gt_labels_t >= 0
-        objectness_loss = F.binary_cross_entropy_with_logits(
-            cat(pred_objectness_logits, dim=1)[valid_mask],
-            gt_labels_t[valid_mask].to(torch.float32),
-            reduction="sum",
         )
         normalizer = self.batch_size_per_image * num_images
         losses = {
@@ -409,17 +391,17 @@ class RPN(nn.Module):
 
         Proposals are treated as constants (no gradient flows into the boxes), as in approximate joint training.
         """
+        mode = self.training
         with torch.no_grad():
-            pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
             return find_top_rpn_proposals(
-                pred_proposals,
+                self._decode_proposals(anchors, pred_anchor_deltas),
                 pred_objectness_logits,
                 image_sizes,
-                self.nms_thresh,
-                self.pre_nms_topk[self.training],
-                self.post_nms_topk[self.training],
-                self.min_box_size,
-                self.training,
+                nms_thresh=self.nms_thresh,
+                pre_nms_topk=self.pre_nms_topk[mode],
+                post_nms_topk=self.post_nms_topk[mode],
+                min_box_size=self.min_box_size,
+                training=mode,
             )
 
     def _decode_proposals(self, anchors: list[Boxes], pred_anchor_deltas: list[torch.Tensor]) -> list[torch.Tensor]:
