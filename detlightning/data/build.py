@@ -20,6 +20,7 @@ import torch.utils.data as torchdata
 
 from detlightning.config import configurable
 from detlightning.structures import BoxMode
+from detlightning.utils import comm
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
@@ -212,9 +213,7 @@ def build_batch_data_loader(
     """Batch ``dataset`` (read through ``sampler``) into per-process batches of
     ``total_batch_size // world_size``; with ``aspect_ratio_grouping`` a batch holds only landscape or only
     portrait images. Yields ``list[dict]`` (or ``collate_fn`` of it)."""
-    from .samplers import _rank_and_world_size  # noqa: PLC0415
-
-    _, world_size = _rank_and_world_size()
+    world_size = comm.get_world_size()
     if total_batch_size <= 0 or total_batch_size % world_size != 0:
         raise ValueError(
             f"Total batch size ({total_batch_size}) must be a positive multiple of the number of processes "
@@ -247,6 +246,21 @@ def build_batch_data_loader(
         pin_memory=pin_memory,
         **loader_kwargs,
     )
+
+
+def _mapped_dataset(dataset: list[dict] | torchdata.Dataset, mapper: Callable[[dict], Any] | None) -> torchdata.Dataset:
+    """A list of dicts becomes a ``DatasetFromList`` (no copy); ``mapper`` (if given) is applied lazily per element."""
+    base = DatasetFromList(dataset, copy=False) if isinstance(dataset, list) else dataset
+    return base if mapper is None else MapDataset(base, mapper)
+
+
+def _pick_sampler(dataset: torchdata.Dataset, sampler: Any, default: Callable[[int], torchdata.Sampler]) -> Any:
+    """None for an IterableDataset (which must come without a sampler); else ``sampler`` or ``default(len)``."""
+    if not isinstance(dataset, torchdata.IterableDataset):
+        return default(len(dataset)) if sampler is None else sampler
+    if sampler is not None:
+        raise ValueError("sampler must be None if dataset is an IterableDataset")
+    return None
 
 
 def total_batch_size_from_cfg(cfg: Any) -> int:
@@ -330,27 +344,12 @@ def build_detection_train_loader(
     Call as ``build_detection_train_loader(cfg)`` to take everything from the config. Extra ``kwargs``
     (``pin_memory``, ``persistent_workers``, ``prefetch_factor``) go to the DataLoader.
     """
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if isinstance(dataset, torchdata.IterableDataset):
-        if sampler is not None:
-            raise ValueError("sampler must be None if dataset is an IterableDataset")
-    else:
-        if sampler is None:
-            sampler = TrainingSampler(len(dataset))
-        if not isinstance(sampler, torchdata.Sampler):
-            raise TypeError(f"Expect a Sampler but got {type(sampler).__name__}")
-    return build_batch_data_loader(
-        dataset,
-        sampler,
-        total_batch_size,
-        aspect_ratio_grouping=aspect_ratio_grouping,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        **kwargs,
-    )
+    mapped = _mapped_dataset(dataset, mapper)
+    chosen = _pick_sampler(mapped, sampler, TrainingSampler)
+    if chosen is not None and not isinstance(chosen, torchdata.Sampler):
+        raise TypeError(f"Expect a Sampler but got {type(chosen).__name__}")
+    loader_options = dict(aspect_ratio_grouping=aspect_ratio_grouping, num_workers=num_workers, collate_fn=collate_fn)
+    return build_batch_data_loader(mapped, chosen, total_batch_size, **loader_options, **kwargs)
 
 
 def _test_loader_from_config(cfg: Any, dataset_name: str | Sequence[str], mapper: Callable | None = None) -> dict:
@@ -393,16 +392,9 @@ def build_detection_test_loader(
     config. ``len(loader)`` is the number of local batches. ``pin_memory`` and ``persistent_workers`` (kept
     only with ``num_workers > 0``) go to the DataLoader.
     """
-    if isinstance(dataset, list):
-        dataset = DatasetFromList(dataset, copy=False)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if isinstance(dataset, torchdata.IterableDataset):
-        if sampler is not None:
-            raise ValueError("sampler must be None if dataset is an IterableDataset")
-    else:
-        if sampler is None:
-            sampler = InferenceSampler(len(dataset))
+    dataset = _mapped_dataset(dataset, mapper)
+    sampler = _pick_sampler(dataset, sampler, InferenceSampler)
+    if sampler is not None:
         # Sampler inside an IterableDataset: workers take round-robin chunks of batch_size, which the
         # DataLoader reads back in order, so results keep the dataset order.
         dataset = ToIterableDataset(dataset, sampler, shard_sampler=True, shard_chunk_size=batch_size)

@@ -24,11 +24,12 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 
+from detlightning.utils import comm
+
 from .build import build_detection_test_loader, build_detection_train_loader, total_batch_size_from_cfg
 from .catalog import DatasetCatalog
 from .datasets.shapes import register_shapes_from_cfg
 from .detection_utils import _cfg_select
-from .samplers import _rank_and_world_size
 
 __all__ = ["DetectionDataModule", "EpochView", "register_shapes_from_cfg", "train_iters_per_epoch"]
 
@@ -73,7 +74,7 @@ def train_iters_per_epoch(cfg: Any, num_images: int | None = None) -> int:
         raise ValueError(
             "Cannot tell the training epoch length: set dataloader.train_iters_per_epoch or solver.max_iter"
         )
-    _, world_size = _rank_and_world_size()
+    world_size = comm.get_world_size()
     per_process = max(total_batch_size_from_cfg(cfg) // world_size, 1)
     return max(1, math.ceil(num_images / world_size / per_process))
 

@@ -54,19 +54,22 @@ class DatasetMapper:
         if instance_mask_format not in ("polygon", "bitmask"):
             raise ValueError(f"instance_mask_format must be 'polygon' or 'bitmask', got {instance_mask_format!r}")
         self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
+        self.skip_bad_samples = skip_bad_samples
+        self._lock = threading.Lock()
+        self._num_skipped = 0
+        # How the image is read and augmented.
         self.image_format = image_format
-        self.use_instance_mask = use_instance_mask
-        self.instance_mask_format = instance_mask_format
+        self.augmentations = T.AugmentationList(augmentations)
+        # Which annotation fields become targets, and in what form.
         self.use_keypoint = use_keypoint
         self.keypoint_hflip_indices = keypoint_hflip_indices
-        self.proposal_topk = precomputed_proposal_topk
+        self.use_instance_mask = use_instance_mask
+        self.instance_mask_format = instance_mask_format
         self.recompute_boxes = recompute_boxes
-        self.skip_bad_samples = skip_bad_samples
-        self._num_skipped = 0
-        self._lock = threading.Lock()
-        mode = "training" if is_train else "inference"
-        logger.info("[DatasetMapper] Augmentations used in %s: %s", mode, self.augmentations)
+        self.proposal_topk = precomputed_proposal_topk
+        logger.info(
+            "[DatasetMapper] Augmentations used in %s: %s", "training" if is_train else "inference", self.augmentations
+        )
 
     @classmethod
     def from_config(cls, cfg: Any, is_train: bool = True) -> dict[str, Any]:
@@ -104,57 +107,53 @@ class DatasetMapper:
         self, dataset_dict: dict[str, Any], transforms: T.TransformList, image_shape: tuple[int, int]
     ) -> None:
         file_name = dataset_dict.get("file_name", "?")
-        for i, anno in enumerate(dataset_dict["annotations"]):
-            utils.validate_annotation(anno, file_name, i)
-            if not self.use_instance_mask:
-                anno.pop("segmentation", None)
-            if not self.use_keypoint:
-                anno.pop("keypoints", None)
-        annos = [
-            utils.transform_instance_annotations(
-                obj, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+        optional_fields = {"segmentation": self.use_instance_mask, "keypoints": self.use_keypoint}
+        unwanted = [key for key, enabled in optional_fields.items() if not enabled]
+        targets = []
+        for idx, obj in enumerate(dataset_dict.pop("annotations")):
+            utils.validate_annotation(obj, file_name, idx)
+            for key in unwanted:
+                obj.pop(key, None)
+            if obj.get("iscrowd", 0) != 0:
+                continue  # crowd regions are not training targets
+            targets.append(
+                utils.transform_instance_annotations(
+                    obj, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+                )
             )
-            for obj in dataset_dict.pop("annotations")
-            if obj.get("iscrowd", 0) == 0
-        ]
-        instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+        instances = utils.annotations_to_instances(targets, image_shape, mask_format=self.instance_mask_format)
         # A crop can shrink a mask well inside its box; a tight box around the mask is the better target.
         if self.recompute_boxes:
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
 
+    def _load(self, record: dict[str, Any]) -> T.AugInput:
+        """Read the image (checked against the recorded size) and, if any, the semantic label map of ``record``
+        (whose ``sem_seg_file_name`` is consumed)."""
+        image = utils.read_image(record["file_name"], format=self.image_format)
+        utils.check_image_size(record, image)
+        seg_path = record.pop("sem_seg_file_name", None)
+        label_map = None if seg_path is None else utils.read_image(seg_path, "L").squeeze(2)
+        return T.AugInput(image, sem_seg=label_map)
+
     def _map(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:
-        dataset_dict = copy.deepcopy(dataset_dict)  # the dict is modified below
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
-
-        if "sem_seg_file_name" in dataset_dict:
-            sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
-        else:
-            sem_seg_gt = None
-
-        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
-        transforms = self.augmentations(aug_input)
-        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
-
-        image_shape = image.shape[:2]  # (h, w)
-        # (H, W, C) -> (C, H, W); contiguous so the tensor shares no negative strides with a flipped array.
-        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        if sem_seg_gt is not None:
-            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
-
+        record = copy.deepcopy(dataset_dict)  # the caller's dict stays untouched
+        aug = self._load(record)
+        tfms = self.augmentations(aug)
+        hw = aug.image.shape[:2]
+        # channels first; contiguous so the tensor shares no negative strides with a flipped array.
+        record["image"] = torch.as_tensor(np.ascontiguousarray(np.moveaxis(aug.image, -1, 0)))
+        if aug.sem_seg is not None:
+            record["sem_seg"] = torch.as_tensor(aug.sem_seg.astype("long"))
         if self.proposal_topk is not None:
-            utils.transform_proposals(dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk)
-
-        if not self.is_train:
+            utils.transform_proposals(record, hw, tfms, proposal_topk=self.proposal_topk)
+        if self.is_train:
+            if "annotations" in record:
+                self._transform_annotations(record, tfms, hw)
+        else:
             # d2-parity: evaluators read annotations from the dataset itself, not from the mapped dicts.
-            dataset_dict.pop("annotations", None)
-            dataset_dict.pop("sem_seg_file_name", None)
-            return dataset_dict
-
-        if "annotations" in dataset_dict:
-            self._transform_annotations(dataset_dict, transforms, image_shape)
-        return dataset_dict
+            record.pop("annotations", None)
+        return record
 
     def __call__(self, dataset_dict: dict[str, Any]) -> dict[str, Any] | None:
         """dataset_dict: one dict in detectron2's dataset format -> the model input dict (or None when a bad

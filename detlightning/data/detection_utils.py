@@ -134,21 +134,16 @@ def transform_proposals(
     clipped, non-empty, top ``proposal_topk``) and ``objectness_logits``."""
     if "proposal_boxes" not in dataset_dict:
         return
-    boxes = transforms.apply_box(
-        BoxMode.convert(
-            dataset_dict.pop("proposal_boxes"), dataset_dict.pop("proposal_bbox_mode"), BoxMode.XYXY_ABS
-        )
-    )
-    boxes = Boxes(boxes)
-    objectness_logits = torch.as_tensor(dataset_dict.pop("proposal_objectness_logits").astype("float32"))
+    raw_boxes, raw_mode = dataset_dict.pop("proposal_boxes"), dataset_dict.pop("proposal_bbox_mode")
+    scores = torch.as_tensor(dataset_dict.pop("proposal_objectness_logits").astype("float32"))
+    boxes = Boxes(transforms.apply_box(BoxMode.convert(raw_boxes, raw_mode, BoxMode.XYXY_ABS)))
     boxes.clip(image_shape)
-    keep = boxes.nonempty(threshold=min_box_size)
-    boxes = boxes[keep]
-    objectness_logits = objectness_logits[keep]
-    proposals = Instances(image_shape)
-    proposals.proposal_boxes = boxes[:proposal_topk]
-    proposals.objectness_logits = objectness_logits[:proposal_topk]
-    dataset_dict["proposals"] = proposals
+    # Non-empty boxes first, then the first ``proposal_topk`` of them (proposal files are stored by score).
+    selected = torch.nonzero(boxes.nonempty(threshold=min_box_size)).flatten()[:proposal_topk]
+    result = Instances(image_shape)
+    result.proposal_boxes = boxes[selected]
+    result.objectness_logits = scores[selected]
+    dataset_dict["proposals"] = result
 
 
 def get_bbox(annotation: dict[str, Any]) -> np.ndarray:
@@ -185,6 +180,27 @@ def validate_annotation(annotation: dict[str, Any], file_name: str = "?", index:
         raise ValueError(f"{where}: 'category_id' must be a non-negative int, got {cat!r}")
 
 
+def _transform_segmentation(
+    segm: Any, transforms: T.TransformList, image_size: tuple[int, int]
+) -> list[np.ndarray] | np.ndarray:
+    """Polygons (list of flat coordinate lists) stay flat polygons; an RLE dict or a binary (H, W) array becomes
+    the transformed (H, W) mask."""
+    if isinstance(segm, list):
+        moved = transforms.apply_polygons([np.asarray(poly).reshape(-1, 2) for poly in segm])
+        return [poly.reshape(-1) for poly in moved]
+    if isinstance(segm, np.ndarray):
+        return transforms.apply_segmentation(segm)
+    if not isinstance(segm, dict):
+        raise ValueError(
+            f"Cannot transform segmentation of type '{type(segm).__name__}'! Supported types are: polygons "
+            "as list[list[float] or ndarray], COCO-style RLE as a dict, or a binary (H, W) ndarray."
+        )
+    decoded = transforms.apply_segmentation(mask_util.decode(segm))
+    if tuple(decoded.shape[:2]) != tuple(image_size):
+        raise ValueError(f"Transformed RLE mask has shape {decoded.shape[:2]}, expected {image_size}")
+    return decoded
+
+
 def transform_instance_annotations(
     annotation: dict[str, Any],
     transforms: T.TransformList | Sequence[T.Transform],
@@ -206,24 +222,7 @@ def transform_instance_annotations(
     annotation["bbox_mode"] = BoxMode.XYXY_ABS
 
     if "segmentation" in annotation:
-        segm = annotation["segmentation"]
-        if isinstance(segm, list):
-            polygons = [np.asarray(p).reshape(-1, 2) for p in segm]
-            annotation["segmentation"] = [p.reshape(-1) for p in transforms.apply_polygons(polygons)]
-        elif isinstance(segm, dict):
-            mask = mask_util.decode(segm)
-            mask = transforms.apply_segmentation(mask)
-            if tuple(mask.shape[:2]) != tuple(image_size):
-                raise ValueError(f"Transformed RLE mask has shape {mask.shape[:2]}, expected {image_size}")
-            annotation["segmentation"] = mask
-        elif isinstance(segm, np.ndarray):
-            mask = transforms.apply_segmentation(segm)
-            annotation["segmentation"] = mask
-        else:
-            raise ValueError(
-                f"Cannot transform segmentation of type '{type(segm).__name__}'! Supported types are: polygons "
-                "as list[list[float] or ndarray], COCO-style RLE as a dict, or a binary (H, W) ndarray."
-            )
+        annotation["segmentation"] = _transform_segmentation(annotation["segmentation"], transforms, image_size)
 
     if "keypoints" in annotation:
         annotation["keypoints"] = transform_keypoint_annotations(

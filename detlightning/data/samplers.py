@@ -11,14 +11,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data.sampler import Sampler
+
+from detlightning.utils import comm
 
 __all__ = [
     "TrainingSampler",
@@ -30,24 +30,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def _rank_and_world_size() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def shared_random_seed() -> int:
-    """A random int that is the same on every process (rank 0's draw, broadcast); a collective call."""
-    seed = int(np.random.randint(2**31))
-    _, world_size = _rank_and_world_size()
-    if world_size > 1:
-        device = torch.device("cpu")
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        t = torch.tensor([seed], dtype=torch.int64, device=device)
-        dist.broadcast(t, src=0)
-        seed = int(t.item())
-    return seed
+def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): the given values, else torch.distributed's (0 / 1 when not initialised)."""
+    resolved = (comm.get_rank() if rank is None else rank, comm.get_world_size() if world_size is None else world_size)
+    if not 0 <= resolved[0] < resolved[1]:
+        raise ValueError(f"rank must be in [0, world_size={resolved[1]}), got {resolved[0]}")
+    return resolved
 
 
 class TrainingSampler(Sampler[int]):
@@ -74,12 +62,8 @@ class TrainingSampler(Sampler[int]):
             raise ValueError(f"TrainingSampler(size=) expects a positive int, got {size}")
         self._size = size
         self._shuffle = shuffle
-        self._seed = int(shared_random_seed() if seed is None else seed)
-        d_rank, d_world = _rank_and_world_size()
-        self._rank = d_rank if rank is None else rank
-        self._world_size = d_world if world_size is None else world_size
-        if not 0 <= self._rank < self._world_size:
-            raise ValueError(f"rank must be in [0, world_size={self._world_size}), got {self._rank}")
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._rank, self._world_size = _placement(rank, world_size)
 
     def __iter__(self) -> Iterator[int]:
         yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
@@ -115,7 +99,7 @@ class RandomSubsetTrainingSampler(TrainingSampler):
         self._size_subset = int(size * subset_ratio)
         if self._size_subset <= 0:
             raise ValueError(f"size * subset_ratio = {size} * {subset_ratio} leaves no element")
-        seed_subset = int(shared_random_seed() if seed_subset is None else seed_subset)
+        seed_subset = int(comm.shared_random_seed() if seed_subset is None else seed_subset)
         g = torch.Generator()
         g.manual_seed(seed_subset)
         self._indexes_subset = torch.randperm(self._size, generator=g)[: self._size_subset]
@@ -152,10 +136,8 @@ class RepeatFactorTrainingSampler(Sampler[int]):
         if (repeat_factors < 0).any():
             raise ValueError("repeat_factors must be non-negative")
         self._shuffle = shuffle
-        self._seed = int(shared_random_seed() if seed is None else seed)
-        d_rank, d_world = _rank_and_world_size()
-        self._rank = d_rank if rank is None else rank
-        self._world_size = d_world if world_size is None else world_size
+        self._seed = int(comm.shared_random_seed() if seed is None else seed)
+        self._rank, self._world_size = _placement(rank, world_size)
         self._int_part = torch.trunc(repeat_factors)
         self._frac_part = repeat_factors - self._int_part
 
@@ -165,25 +147,17 @@ class RepeatFactorTrainingSampler(Sampler[int]):
     ) -> torch.Tensor:
         """(N,) float32 repeat factors: ``r_i = max over categories c in image i of max(1, t / f_c)`` (or
         ``sqrt(t / f_c)`` with ``sqrt=True``), where ``f_c`` is the fraction of images containing ``c``."""
-        category_freq: dict[int, float] = defaultdict(int)
-        for dataset_dict in dataset_dicts:
-            cat_ids = {ann["category_id"] for ann in dataset_dict["annotations"]}
-            for cat_id in cat_ids:
-                category_freq[cat_id] += 1
+        cats_per_image = [{ann["category_id"] for ann in d["annotations"]} for d in dataset_dicts]
         num_images = len(dataset_dicts)
-        for k, v in category_freq.items():
-            category_freq[k] = v / num_images
-        category_rep = {
-            cat_id: max(1.0, math.sqrt(repeat_thresh / cat_freq) if sqrt else repeat_thresh / cat_freq)
-            for cat_id, cat_freq in category_freq.items()
-        }
-        for cat_id in sorted(category_rep):
-            logger.info("Cat ID %s: freq=%.2f, rep=%.2f", cat_id, category_freq[cat_id], category_rep[cat_id])
-        rep_factors = []
-        for dataset_dict in dataset_dicts:
-            cat_ids = {ann["category_id"] for ann in dataset_dict["annotations"]}
-            rep_factors.append(max({category_rep[cat_id] for cat_id in cat_ids}, default=1.0))
-        return torch.tensor(rep_factors, dtype=torch.float32)
+        images_with = Counter(cat for cats in cats_per_image for cat in cats)
+        freq = {cat: n / num_images for cat, n in images_with.items()}
+        ratio = {cat: repeat_thresh / f for cat, f in freq.items()}
+        repeat = {cat: max(1.0, math.sqrt(r) if sqrt else r) for cat, r in ratio.items()}
+        for cat in sorted(repeat):
+            logger.info("Cat ID %s: freq=%.2f, rep=%.2f", cat, freq[cat], repeat[cat])
+        # An image repeats as often as its rarest category asks; images without annotations once.
+        per_image = [max((repeat[cat] for cat in cats), default=1.0) for cats in cats_per_image]
+        return torch.tensor(per_image, dtype=torch.float32)
 
     def _get_epoch_indices(self, generator: torch.Generator) -> torch.Tensor:
         """(M,) int64: each index repeated by its stochastically rounded factor."""
@@ -218,11 +192,7 @@ class InferenceSampler(Sampler[int]):
         if size <= 0:
             raise ValueError(f"InferenceSampler(size=) expects a positive int, got {size}")
         self._size = size
-        d_rank, d_world = _rank_and_world_size()
-        self._rank = d_rank if rank is None else rank
-        self._world_size = d_world if world_size is None else world_size
-        if not 0 <= self._rank < self._world_size:
-            raise ValueError(f"rank must be in [0, world_size={self._world_size}), got {self._rank}")
+        self._rank, self._world_size = _placement(rank, world_size)
         self._local_indices = self._get_local_indices(size, self._world_size, self._rank)
 
     @staticmethod

@@ -13,7 +13,7 @@ import logging
 import os
 import pickle
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -155,31 +155,43 @@ class COCOEvaluator(DatasetEvaluator):
 
         ``img_ids``: evaluate on these images only (default: every image of the dataset).
         """
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather(self._predictions, dst=0)
-            predictions = list(itertools.chain(*gathered))
-            if not comm.is_main_process():
-                return {}
-        else:
-            predictions = self._predictions
-
-        if len(predictions) == 0:
+        predictions = self._all_predictions()
+        if predictions is None:  # a non-main process: rank 0 evaluates
+            return {}
+        if not predictions:
             self._logger.warning("[COCOEvaluator] Did not receive valid predictions.")
             return {}
-
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            file_path = os.path.join(self._output_dir, "instances_predictions.pth")
-            with PathManager.open(file_path, "wb") as f:
-                torch.save(predictions, f)
+        self._save_output("instances_predictions.pth", lambda f: torch.save(predictions, f))
 
         self._results: OrderedDict[str, dict[str, float]] = OrderedDict()
-        if "proposals" in predictions[0]:
+        # Every prediction dict holds the same keys, so the first one tells which evaluations apply.
+        present = predictions[0].keys()
+        if "proposals" in present:
             self._eval_box_proposals(predictions)
-        if "instances" in predictions[0]:
+        if "instances" in present:
             self._eval_predictions(predictions, img_ids=img_ids)
         return copy.deepcopy(self._results)
+
+    def _all_predictions(self) -> list[dict[str, Any]] | None:
+        """Predictions of every process, on the main process (None on the others); this process's own
+        predictions when not distributed."""
+        if not self._distributed:
+            return self._predictions
+        comm.synchronize()
+        per_rank = comm.gather(self._predictions, dst=0)
+        if not comm.is_main_process():
+            return None
+        return [pred for rank_preds in per_rank for pred in rank_preds]
+
+    def _save_output(self, file_name: str, write: Callable[[Any], Any], binary: bool = True) -> None:
+        """``write(f)`` into ``output_dir/file_name`` (created as needed); nothing without an output_dir."""
+        if not self._output_dir:
+            return
+        PathManager.mkdirs(self._output_dir)
+        path = os.path.join(self._output_dir, file_name)
+        self._logger.info("Saving results to %s", path)
+        with PathManager.open(path, "wb" if binary else "w") as f:
+            write(f)
 
     def _tasks_from_predictions(self, predictions: list[dict[str, Any]]) -> list[str]:
         """The COCO iou types the COCO-format ``predictions`` support (always "bbox")."""
@@ -193,58 +205,43 @@ class COCOEvaluator(DatasetEvaluator):
 
     def _eval_predictions(self, predictions: list[dict[str, Any]], img_ids: Sequence[int] | None = None) -> None:
         self._logger.info("Preparing results for COCO format ...")
-        coco_results = list(itertools.chain(*[x["instances"] for x in predictions]))
+        coco_results = [ann for pred in predictions for ann in pred["instances"]]
         tasks = self._tasks or self._tasks_from_predictions(coco_results)
-
-        if hasattr(self._metadata, "thing_dataset_id_to_contiguous_id"):
-            coco_results = _unmap_category_ids(coco_results, self._metadata.thing_dataset_id_to_contiguous_id)
-
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            self._logger.info("Saving results to %s", file_path)
-            with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
-                f.flush()
-
+        id_map = self._metadata.get("thing_dataset_id_to_contiguous_id")
+        if id_map is not None:
+            coco_results = _unmap_category_ids(coco_results, id_map)
+        self._save_output("coco_instances_results.json", lambda f: f.write(json.dumps(coco_results)), binary=False)
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")
             return
 
-        self._logger.info(
-            "Evaluating predictions with %s COCO API...", "unofficial" if self._use_fast_impl else "official"
-        )
+        api_kind = "unofficial" if self._use_fast_impl else "official"
+        self._logger.info("Evaluating predictions with %s COCO API...", api_kind)
+        eval_options: dict[str, Any] = {
+            "cocoeval_fn": COCOeval_opt if self._use_fast_impl else COCOeval,
+            "kpt_oks_sigmas": self._kpt_oks_sigmas,
+            "max_dets_per_image": self._max_dets_per_image,
+            "img_ids": img_ids,
+        }
+        class_names = self._metadata.get("thing_classes")
         for task in sorted(tasks):
+            # pycocotools cannot load an empty result list; the metrics of such a task come out NaN.
             coco_eval = (
-                _evaluate_predictions_on_coco(
-                    self._coco_api,
-                    coco_results,
-                    task,
-                    kpt_oks_sigmas=self._kpt_oks_sigmas,
-                    cocoeval_fn=COCOeval_opt if self._use_fast_impl else COCOeval,
-                    img_ids=img_ids,
-                    max_dets_per_image=self._max_dets_per_image,
-                )
-                if len(coco_results) > 0
-                else None  # pycocotools does not handle empty results
+                _evaluate_predictions_on_coco(self._coco_api, coco_results, task, **eval_options)
+                if coco_results
+                else None
             )
-            self._results[task] = self._derive_coco_results(
-                coco_eval, task, class_names=self._metadata.get("thing_classes")
-            )
+            self._results[task] = self._derive_coco_results(coco_eval, task, class_names=class_names)
 
     def _eval_box_proposals(self, predictions: list[dict[str, Any]]) -> None:
         """Average recall of ``proposals`` at 100 and 1000 proposals per image, per area range."""
-        if self._output_dir:
-            # proposals are XYXY_ABS
-            proposal_data = {
-                "boxes": [p["proposals"].proposal_boxes.tensor.numpy() for p in predictions],
-                "objectness_logits": [p["proposals"].objectness_logits.numpy() for p in predictions],
-                "ids": [p["image_id"] for p in predictions],
-                "bbox_mode": BoxMode.XYXY_ABS.value,
-            }
-            PathManager.mkdirs(self._output_dir)
-            with PathManager.open(os.path.join(self._output_dir, "box_proposals.pkl"), "wb") as f:
-                pickle.dump(proposal_data, f)
+        proposal_data = {  # proposals are XYXY_ABS
+            "boxes": [p["proposals"].proposal_boxes.tensor.numpy() for p in predictions],
+            "objectness_logits": [p["proposals"].objectness_logits.numpy() for p in predictions],
+            "ids": [p["image_id"] for p in predictions],
+            "bbox_mode": BoxMode.XYXY_ABS.value,
+        }
+        self._save_output("box_proposals.pkl", lambda f: pickle.dump(proposal_data, f))
 
         if not self._do_evaluation:
             self._logger.info("Annotations are not available for evaluation.")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..structures import BitMasks, Boxes, Instances, Keypoints, ROIMasks
+from ..utils.registry import locate
 
 __all__ = [
     "DictSchema",
@@ -168,14 +169,6 @@ def _class_path(klass: type) -> str:
     return f"{klass.__module__}.{klass.__qualname__}"
 
 
-def _locate(path: str) -> type:
-    module_name, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as e:
-        raise ImportError(f"TensorWrapSchema cannot find class {path!r}: {e}") from e
-
-
 @dataclass
 class TensorWrapSchema(Schema):
     """A class that wraps one tensor as ``.tensor`` and is built as ``cls(tensor)`` (Boxes, BitMasks, ROIMasks,
@@ -186,7 +179,7 @@ class TensorWrapSchema(Schema):
     def __call__(self, values: tuple) -> Any:
         if len(values) != 1:
             raise ValueError(f"TensorWrapSchema({self.class_name}) rebuilds one tensor, got {len(values)}")
-        return _locate(self.class_name)(values[0])
+        return locate(self.class_name)(values[0])
 
     @classmethod
     def flatten(cls, obj: Any) -> tuple[tuple, Schema]:

@@ -1,7 +1,6 @@
 """``Instances``: the per-image bag of equally long fields (boxes, scores, classes, masks...) that models exchange."""
 from __future__ import annotations
 
-import itertools
 import warnings
 from typing import Any
 
@@ -126,24 +125,14 @@ class Instances:
         if len(instance_lists) == 1:
             return instance_lists[0]
 
-        image_size = instance_lists[0].image_size
-        for i in instance_lists[1:]:
-            if not _same_size(i.image_size, image_size):
-                raise ValueError(f"Instances.cat: image sizes differ, {i.image_size} vs {image_size}")
-        ret = Instances(image_size)
-        for k in instance_lists[0]._fields.keys():
-            values = [i.get(k) for i in instance_lists]
-            v0 = values[0]
-            if isinstance(v0, torch.Tensor):
-                values = torch.cat(values, dim=0)
-            elif isinstance(v0, list):
-                values = list(itertools.chain(*values))
-            elif hasattr(type(v0), "cat"):
-                values = type(v0).cat(values)
-            else:
-                raise ValueError(f"Unsupported type {type(v0)} for concatenation (field '{k}')")
-            ret.set(k, values)
-        return ret
+        first, *rest = instance_lists
+        mismatched = [inst.image_size for inst in rest if not _same_size(inst.image_size, first.image_size)]
+        if mismatched:
+            raise ValueError(f"Instances.cat: image sizes differ, {mismatched[0]} vs {first.image_size}")
+        joined = Instances(first.image_size)
+        for name in first._fields:
+            joined.set(name, _concat_field(name, [inst.get(name) for inst in instance_lists]))
+        return joined
 
     def __str__(self) -> str:
         n = len(self) if self._fields else 0
@@ -163,3 +152,17 @@ def _same_size(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return a is b or torch.jit.is_tracing() or torch.equal(torch.as_tensor(a), torch.as_tensor(b))
     return a == b
+
+
+def _concat_field(name: str, parts: list[Any]) -> Any:
+    """Join one field of several Instances along the first axis: tensors, lists, or a type with a ``cat``
+    classmethod (Boxes, masks, Keypoints, ...)."""
+    head = parts[0]
+    if isinstance(head, torch.Tensor):
+        return torch.cat(parts, dim=0)
+    if isinstance(head, list):
+        return [item for part in parts for item in part]
+    concat = getattr(type(head), "cat", None)
+    if concat is None:
+        raise ValueError(f"Unsupported type {type(head)} for concatenation (field '{name}')")
+    return concat(parts)

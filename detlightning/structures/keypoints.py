@@ -120,47 +120,35 @@ def heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> torch.Tenso
     The score is a softmax over the resized map normalised by the sum over the original-resolution map, so that
     scores of boxes of different size compare.
     """
-    maps = maps.detach()
-    rois = rois.detach()
-    offset_x = rois[:, 0]
-    offset_y = rois[:, 1]
-
-    widths = (rois[:, 2] - rois[:, 0]).clamp(min=1)
-    heights = (rois[:, 3] - rois[:, 1]).clamp(min=1)
-    widths_ceil = widths.ceil()
-    heights_ceil = heights.ceil()
-
+    maps, rois = maps.detach(), rois.detach()
     num_rois, num_keypoints = maps.shape[:2]
-    xy_preds = maps.new_zeros(rois.shape[0], num_keypoints, 4)
-
-    width_corrections = widths / widths_ceil
-    height_corrections = heights / heights_ceil
-    keypoints_idx = torch.arange(num_keypoints, device=maps.device)
+    origin_xy = rois[:, :2]
+    box_wh = (rois[:, 2:] - rois[:, :2]).clamp(min=1)  # (R, 2) ROI width, height in pixels
+    resized_wh = box_wh.ceil()
+    # A map cell of the resized map is ``box / ceil(box)`` pixels wide: undo the round-up when mapping back.
+    cell_xy = box_wh / resized_wh
     # one host sync for all output sizes instead of one per ROI (annotated: scripted when traced)
-    out_sizes: list[list[int]] = torch.stack([heights_ceil, widths_ceil], dim=1).to(torch.int64).tolist()
+    out_sizes: list[list[int]] = torch.flip(resized_wh, [1]).to(torch.int64).tolist()
+    kp_index = torch.arange(num_keypoints, device=maps.device)
+    result = maps.new_zeros(num_rois, num_keypoints, 4)
 
     # Each ROI is resized to its own size, which no single batched op does; the loop is over ROIs only.
     for i in range(num_rois):
-        out_size = (out_sizes[i][0], out_sizes[i][1])
-        roi_map = F.interpolate(maps[i : i + 1], size=out_size, mode="bicubic", align_corners=False)[0]
+        size = (out_sizes[i][0], out_sizes[i][1])
+        resized = F.interpolate(maps[i : i + 1], size=size, mode="bicubic", align_corners=False)[0]
+        flat = resized.reshape(num_keypoints, -1)
+        # Softmax over the resized map, but normalised by the sum at the original map resolution.
+        peak = flat.max(1).values.view(num_keypoints, 1, 1)
+        denom = (maps[i] - peak).exp_().sum((1, 2), keepdim=True)
+        scores = (resized - peak).exp_() / denom
 
-        # softmax over the spatial region, normalised at pooled resolution
-        max_score = roi_map.reshape(num_keypoints, -1).max(1).values.view(num_keypoints, 1, 1)
-        tmp_full_resolution = (roi_map - max_score).exp_()
-        tmp_pool_resolution = (maps[i] - max_score).exp_()
-        roi_map_scores = tmp_full_resolution / tmp_pool_resolution.sum((1, 2), keepdim=True)
+        map_w = resized.shape[2]
+        best = flat.argmax(1)
+        col = best % map_w
+        row = torch.div(best - col, map_w, rounding_mode="floor")
+        cell_centre = torch.stack([col, row], dim=1).float() + 0.5
+        result[i, :, :2] = cell_centre * cell_xy[i] + origin_xy[i]
+        result[i, :, 2] = resized[kp_index, row, col]
+        result[i, :, 3] = scores[kp_index, row, col]
 
-        w = roi_map.shape[2]
-        pos = roi_map.reshape(num_keypoints, -1).argmax(1)
-        x_int = pos % w
-        y_int = torch.div(pos - x_int, w, rounding_mode="floor")
-
-        x = (x_int.float() + 0.5) * width_corrections[i]
-        y = (y_int.float() + 0.5) * height_corrections[i]
-
-        xy_preds[i, :, 0] = x + offset_x[i]
-        xy_preds[i, :, 1] = y + offset_y[i]
-        xy_preds[i, :, 2] = roi_map[keypoints_idx, y_int, x_int]
-        xy_preds[i, :, 3] = roi_map_scores[keypoints_idx, y_int, x_int]
-
-    return xy_preds
+    return result

@@ -2,7 +2,6 @@
 (``ROIMasks``), plus the polygon rasterisation helpers used to build Mask R-CNN targets."""
 from __future__ import annotations
 
-import copy
 import itertools
 from typing import Any, Iterator, Sequence
 
@@ -51,24 +50,18 @@ def rasterize_polygons_within_box(polygons: list[np.ndarray], box: np.ndarray, m
     The polygons are moved into the box frame and scaled so the box spans the whole mask; this builds Mask R-CNN
     mask targets. Returns a (mask_size, mask_size) bool tensor.
     """
-    w, h = box[2] - box[0], box[3] - box[1]
-    polygons = copy.deepcopy(polygons)
-    for p in polygons:
-        p[0::2] = p[0::2] - box[0]
-        p[1::2] = p[1::2] - box[1]
-
+    box_xy = np.asarray(box[:2])
+    box_w, box_h = box[2] - box[0], box[3] - box[1]
     # max() keeps degenerate boxes from blowing the coordinates up
-    ratio_h = mask_size / max(h, 0.1)
-    ratio_w = mask_size / max(w, 0.1)
-    if ratio_h == ratio_w:
-        for p in polygons:
-            p *= ratio_h
-    else:
-        for p in polygons:
-            p[0::2] *= ratio_w
-            p[1::2] *= ratio_h
+    scale_xy = np.array([mask_size / max(box_w, 0.1), mask_size / max(box_h, 0.1)])
 
-    mask = polygons_to_bitmask(polygons, mask_size, mask_size)
+    def to_box_frame(poly: np.ndarray) -> np.ndarray:
+        local = np.array(poly, copy=True)  # in the polygon's own dtype; the caller's arrays stay untouched
+        local -= np.resize(box_xy, local.shape)  # x0, y0, x0, y0, ... against x, y, x, y, ...
+        local *= np.resize(scale_xy, local.shape)
+        return local
+
+    mask = polygons_to_bitmask([to_box_frame(poly) for poly in polygons], mask_size, mask_size)
     return torch.from_numpy(mask)
 
 

@@ -362,20 +362,23 @@ class CommonMetricPrinter(EventWriter):
     def _get_eta(self, storage: EventStorage) -> str | None:
         if self._max_iter is None:
             return ""
-        iteration = storage.iter
-        try:
-            eta_seconds = storage.history("time").median(1000) * (self._max_iter - iteration - 1)
-            storage.put_scalar("eta_seconds", eta_seconds, smoothing_hint=False)
-            return str(datetime.timedelta(seconds=int(eta_seconds)))
-        except KeyError:
+        remaining = self._max_iter - storage.iter - 1
+        iter_times = storage.histories().get("time")
+        if iter_times is None:
             # no "time" scalar (e.g. a custom loop): estimate from the interval between two writes, noisier
-            eta_string = None
-            now = _clock()
-            if self._last_write is not None and iteration > self._last_write[0]:
-                per_iter = (now - self._last_write[1]) / (iteration - self._last_write[0])
-                eta_string = str(datetime.timedelta(seconds=int(per_iter * (self._max_iter - iteration - 1))))
-            self._last_write = (iteration, now)
-            return eta_string
+            return self._eta_from_write_interval(storage.iter, remaining)
+        eta_seconds = iter_times.median(1000) * remaining
+        storage.put_scalar("eta_seconds", eta_seconds, smoothing_hint=False)
+        return str(datetime.timedelta(seconds=int(eta_seconds)))
+
+    def _eta_from_write_interval(self, iteration: int, remaining: int) -> str | None:
+        """ETA from the wall time since the previous write; None on the first write (nothing to measure)."""
+        now = _clock()
+        previous, self._last_write = self._last_write, (iteration, now)
+        if previous is None or iteration <= previous[0]:
+            return None
+        seconds_per_iter = (now - previous[1]) / (iteration - previous[0])
+        return str(datetime.timedelta(seconds=int(seconds_per_iter * remaining)))
 
     def _format(self, storage: EventStorage) -> str:
         def _maybe(name: str, fn: str) -> float | None:

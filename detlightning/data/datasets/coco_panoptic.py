@@ -90,22 +90,13 @@ def register_coco_panoptic(
 
     ``metadata`` must hold ``thing_dataset_id_to_contiguous_id`` and ``stuff_dataset_id_to_contiguous_id``.
     """
-    DatasetCatalog.register(
-        name,
-        lambda: load_coco_panoptic_json(
-            panoptic_json, image_root, panoptic_root, metadata, image_ext="." + _image_ext_of(image_root)
-        ),
-    )
-    MetadataCatalog.get(name).set(
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
-        json_file=instances_json,
-        evaluator_type="coco_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-        **metadata,
-    )
+    def load() -> list[dict[str, Any]]:
+        ext = "." + _image_ext_of(image_root)
+        return load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, metadata, image_ext=ext)
+
+    DatasetCatalog.register(name, load)
+    shared = _panoptic_metadata(image_root, panoptic_root, panoptic_json, instances_json)
+    MetadataCatalog.get(name).set(label_divisor=1000, **shared, **metadata)
 
 
 def register_coco_panoptic_separated(
@@ -120,36 +111,41 @@ def register_coco_panoptic_separated(
     """Register ``name + "_separated"`` (instance annotations from ``instances_json`` merged with stuff-only
     semantic maps in ``sem_seg_root``, where every thing pixel is 0 and stuff classes are 1..#stuff) and
     ``name + "_stuffonly"`` (the semantic maps alone)."""
-    panoptic_name = name + "_separated"
-    DatasetCatalog.register(
-        panoptic_name,
-        lambda: merge_to_panoptic(
-            load_coco_json(instances_json, image_root, panoptic_name),
-            load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext=_image_ext_of(image_root)),
-        ),
-    )
-    MetadataCatalog.get(panoptic_name).set(
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
-        sem_seg_root=sem_seg_root,
-        json_file=instances_json,
-        evaluator_type="coco_panoptic_seg",
-        ignore_label=255,
-        **metadata,
-    )
+    separated, stuff_only = name + "_separated", name + "_stuffonly"
 
-    semantic_name = name + "_stuffonly"
+    def load_separated() -> list[dict[str, Any]]:
+        things = load_coco_json(instances_json, image_root, separated)
+        stuff = load_sem_seg(sem_seg_root, image_root, gt_ext="png", image_ext=_image_ext_of(image_root))
+        return merge_to_panoptic(things, stuff)
+
+    DatasetCatalog.register(separated, load_separated)
+    shared = _panoptic_metadata(image_root, panoptic_root, panoptic_json, instances_json)
+    MetadataCatalog.get(separated).set(sem_seg_root=sem_seg_root, **shared, **metadata)
+
     DatasetCatalog.register(
-        semantic_name, lambda: load_sem_seg(sem_seg_root, image_root, image_ext=_image_ext_of(image_root))
+        stuff_only, lambda: load_sem_seg(sem_seg_root, image_root, image_ext=_image_ext_of(image_root))
     )
-    MetadataCatalog.get(semantic_name).set(
+    MetadataCatalog.get(stuff_only).set(
         sem_seg_root=sem_seg_root,
         image_root=image_root,
         evaluator_type="sem_seg",
         ignore_label=255,
         **metadata,
     )
+
+
+def _panoptic_metadata(
+    image_root: str, panoptic_root: str, panoptic_json: str, instances_json: str | None
+) -> dict[str, Any]:
+    """Metadata both panoptic registrations share (``json_file`` is the instances json, if any)."""
+    return {
+        "image_root": image_root,
+        "json_file": instances_json,
+        "panoptic_root": panoptic_root,
+        "panoptic_json": panoptic_json,
+        "evaluator_type": "coco_panoptic_seg",
+        "ignore_label": 255,
+    }
 
 
 def _image_ext_of(image_root: str) -> str:

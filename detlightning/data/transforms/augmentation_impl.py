@@ -134,33 +134,33 @@ class ResizeShortestEdge(Augmentation):
             )
         self._init(locals())
 
+    def _sample_short_edge(self) -> int:
+        lengths = self.short_edge_length
+        if not self.is_range:
+            return int(np.random.choice(lengths))
+        return int(np.random.randint(lengths[0], lengths[1] + 1))  # inclusive upper bound
+
     def get_transform(self, image: np.ndarray) -> Transform:
-        h, w = image.shape[:2]
-        if self.is_range:
-            size = np.random.randint(self.short_edge_length[0], self.short_edge_length[1] + 1)
-        else:
-            size = np.random.choice(self.short_edge_length)
-        if size == 0:
+        target = self._sample_short_edge()
+        if target == 0:
             return NoOpTransform()
-        newh, neww = ResizeShortestEdge.get_output_shape(h, w, size, self.max_size)
-        return ResizeTransform(h, w, newh, neww, self.interp)
+        src_h, src_w = image.shape[:2]
+        dst_h, dst_w = ResizeShortestEdge.get_output_shape(src_h, src_w, target, self.max_size)
+        return ResizeTransform(src_h, src_w, dst_h, dst_w, self.interp)
 
     @staticmethod
     def get_output_shape(oldh: int, oldw: int, short_edge_length: int, max_size: int) -> tuple[int, int]:
         """(new_h, new_w) for an ``oldh x oldw`` image resized to ``short_edge_length`` with a ``max_size`` cap."""
-        h, w = oldh, oldw
-        size = short_edge_length * 1.0
-        scale = size / min(h, w)
-        if h < w:
-            newh, neww = size, scale * w
-        else:
-            newh, neww = scale * h, size
-        if max(newh, neww) > max_size:
-            scale = max_size * 1.0 / max(newh, neww)
-            newh = newh * scale
-            neww = neww * scale
+        short_target = float(short_edge_length)
+        factor = short_target / min(oldh, oldw)
+        # The shorter side is set to the target directly, the other one scaled (ties count as portrait).
+        out_h, out_w = (short_target, factor * oldw) if oldh < oldw else (factor * oldh, short_target)
+        longest = max(out_h, out_w)
+        if longest > max_size:
+            shrink = max_size / longest
+            out_h, out_w = out_h * shrink, out_w * shrink
         # d2-parity: round half up, not banker's rounding.
-        return int(newh + 0.5), int(neww + 0.5)
+        return int(out_h + 0.5), int(out_w + 0.5)
 
 
 class ResizeScale(Augmentation):
@@ -179,16 +179,14 @@ class ResizeScale(Augmentation):
         self._init(locals())
 
     def _get_resize(self, image: np.ndarray, scale: float) -> Transform:
-        input_size = image.shape[:2]
-        target_size = (self.target_height, self.target_width)
-        target_scale_size = np.multiply(target_size, scale)
-        output_scale = np.minimum(target_scale_size[0] / input_size[0], target_scale_size[1] / input_size[1])
-        output_size = np.round(np.multiply(input_size, output_scale)).astype(int)
-        return ResizeTransform(input_size[0], input_size[1], int(output_size[0]), int(output_size[1]), self.interp)
+        in_h, in_w = image.shape[:2]
+        # Largest factor at which the image still fits inside the (scaled) target box, aspect ratio kept.
+        fit = min(self.target_height * scale / in_h, self.target_width * scale / in_w)
+        out_h, out_w = (int(v) for v in np.round(np.array([in_h, in_w]) * fit))
+        return ResizeTransform(in_h, in_w, out_h, out_w, self.interp)
 
     def get_transform(self, image: np.ndarray) -> Transform:
-        random_scale = np.random.uniform(self.min_scale, self.max_scale)
-        return self._get_resize(image, random_scale)
+        return self._get_resize(image, np.random.uniform(self.min_scale, self.max_scale))
 
 
 class RandomRotation(Augmentation):
@@ -217,25 +215,25 @@ class RandomRotation(Augmentation):
             center = (center, center)
         self._init(locals())
 
-    def get_transform(self, image: np.ndarray) -> Transform:
-        h, w = image.shape[:2]
-        center = None
-        if self.is_range:
-            angle = np.random.uniform(self.angle[0], self.angle[1])
-            if self.center is not None:
-                center = (
-                    np.random.uniform(self.center[0][0], self.center[1][0]),
-                    np.random.uniform(self.center[0][1], self.center[1][1]),
-                )
-        else:
+    def _sample(self) -> tuple[float, Any]:
+        """(angle in degrees, rotation centre relative to the image size, or None for the image centre)."""
+        if not self.is_range:
             angle = np.random.choice(self.angle)
-            if self.center is not None:
-                center = self.center[np.random.randint(len(self.center))]
-        if center is not None:
-            center = (w * center[0], h * center[1])
+            relative = None if self.center is None else self.center[np.random.randint(len(self.center))]
+            return angle, relative
+        angle = np.random.uniform(self.angle[0], self.angle[1])
+        if self.center is None:
+            return angle, None
+        (x_lo, y_lo), (x_hi, y_hi) = self.center
+        return angle, (np.random.uniform(x_lo, x_hi), np.random.uniform(y_lo, y_hi))
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        angle, relative = self._sample()
         if angle % 360 == 0:
             return NoOpTransform()
-        return RotationTransform(h, w, float(angle), expand=self.expand, center=center, interp=self.interp)
+        img_h, img_w = image.shape[:2]
+        pivot = None if relative is None else (img_w * relative[0], img_h * relative[1])
+        return RotationTransform(img_h, img_w, float(angle), expand=self.expand, center=pivot, interp=self.interp)
 
 
 class RandomCrop(Augmentation):
@@ -337,17 +335,13 @@ class RandomExtent(Augmentation):
         self._init(locals())
 
     def get_transform(self, image: np.ndarray) -> Transform:
-        img_h, img_w = image.shape[:2]
-        src_rect = np.array([-0.5 * img_w, -0.5 * img_h, 0.5 * img_w, 0.5 * img_h])
-        src_rect *= np.random.uniform(self.scale_range[0], self.scale_range[1])
-        src_rect[0::2] += self.shift_range[0] * img_w * (np.random.rand() - 0.5)
-        src_rect[1::2] += self.shift_range[1] * img_h * (np.random.rand() - 0.5)
-        src_rect[0::2] += 0.5 * img_w
-        src_rect[1::2] += 0.5 * img_h
-        return ExtentTransform(
-            src_rect=(src_rect[0], src_rect[1], src_rect[2], src_rect[3]),
-            output_size=(int(src_rect[3] - src_rect[1]), int(src_rect[2] - src_rect[0])),
-        )
+        size_xy = np.array(image.shape[1::-1], dtype=np.float64)  # (w, h)
+        # Draw order (scale, x shift, y shift) is fixed: it decides which rectangle a seed gives.
+        half_extent = 0.5 * size_xy * np.random.uniform(self.scale_range[0], self.scale_range[1])
+        offset = np.asarray(self.shift_range, dtype=np.float64) * size_xy * (np.random.rand(2) - 0.5)
+        x0, y0 = -half_extent + offset + 0.5 * size_xy
+        x1, y1 = half_extent + offset + 0.5 * size_xy
+        return ExtentTransform(src_rect=(x0, y0, x1, y1), output_size=(int(y1 - y0), int(x1 - x0)))
 
 
 class RandomContrast(Augmentation):

@@ -16,28 +16,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .transform_base import (
-    BlendTransform,
-    CropTransform,
-    HFlipTransform,
-    NoOpTransform,
-    PadTransform,
-    Transform,
-    TransformList,
-    VFlipTransform,
-)
+from . import transform_base
+from .transform_base import *  # noqa: F403  (re-exported: the base classes and the simple transforms)
+from .transform_base import CropTransform, NoOpTransform, Transform, TransformList
 
 __all__ = [
-    "Transform",
-    "TransformList",
-    "NoOpTransform",
-    "HFlipTransform",
-    "VFlipTransform",
+    *transform_base.__all__,
     "ResizeTransform",
-    "CropTransform",
-    "PadTransform",
     "RotationTransform",
-    "BlendTransform",
     "ExtentTransform",
     "ColorTransform",
     "PILColorTransform",
