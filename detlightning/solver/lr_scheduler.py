@@ -146,68 +146,56 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         return [base_lr * m for base_lr in self.base_lrs]
 
 
-def _warmup_factor(method: str, it: int, warmup_iters: int, warmup_factor: float) -> float:
-    """LR factor at iteration ``it`` of a warmup over ``warmup_iters`` iterations starting at ``warmup_factor``."""
-    if it >= warmup_iters:
-        return 1.0
-    if method == "constant":
-        return warmup_factor
-    if method == "linear":
-        progress = it / warmup_iters
-        return warmup_factor + (1.0 - warmup_factor) * progress
-    raise ValueError(f"Unknown warmup_method {method!r}: expected linear or constant")
+class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
+    """``base_lr * warmup(it) * decay(it)``: the warmup ramps (``linear``) from, or holds (``constant``),
+    ``warmup_factor`` over the first ``warmup_iters`` iterations; subclasses define ``decay``."""
 
-
-class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
-    """``base_lr * gamma ** (number of milestones <= it)``, times a warmup factor over the first ``warmup_iters``
-    iterations (detectron2's older scheduler; ``build_lr_scheduler`` uses :class:`LRMultiplier`)."""
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        milestones: list[int],
-        gamma: float = 0.1,
-        warmup_factor: float = 0.001,
-        warmup_iters: int = 1000,
-        warmup_method: str = "linear",
-        last_epoch: int = -1,
-    ):
-        if list(milestones) != sorted(milestones):
-            raise ValueError(f"WarmupMultiStepLR milestones must be increasing, got {milestones}")
-        self.milestones = list(milestones)
-        self.gamma = gamma
-        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup_factor, warmup_iters, warmup_method
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: tuple[float, int, str], last_epoch: int) -> None:
+        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup
+        if self.warmup_method not in ("linear", "constant"):
+            raise ValueError(f"Unknown warmup_method {self.warmup_method!r}: expected linear or constant")
         super().__init__(optimizer, last_epoch)
+
+    def decay(self, it: int) -> float:
+        raise NotImplementedError
 
     def get_lr(self) -> list[float]:
         it = self.last_epoch
-        scale = _warmup_factor(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
-        scale *= self.gamma ** bisect.bisect_right(self.milestones, it)
+        scale = 1.0
+        if it < self.warmup_iters:
+            ramp = it / self.warmup_iters if self.warmup_method == "linear" else 0.0
+            scale = self.warmup_factor + (1.0 - self.warmup_factor) * ramp
+        scale *= self.decay(it)
         return [lr * scale for lr in self.base_lrs]
 
 
-class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
-    """``base_lr * 0.5 * (1 + cos(pi * it / max_iters))`` (0 after ``max_iters``), times a warmup factor over the
-    first ``warmup_iters`` iterations (detectron2's older scheduler)."""
+class WarmupMultiStepLR(_WarmupLR):
+    """``base_lr * gamma ** (number of milestones <= it)`` with warmup (detectron2's older scheduler;
+    ``build_lr_scheduler`` uses :class:`LRMultiplier`)."""
 
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        max_iters: int,
-        warmup_factor: float = 0.001,
-        warmup_iters: int = 1000,
-        warmup_method: str = "linear",
-        last_epoch: int = -1,
-    ):
+    def __init__(self, optimizer: torch.optim.Optimizer, milestones: list[int], gamma: float = 0.1,
+                 warmup_factor: float = 0.001, warmup_iters: int = 1000, warmup_method: str = "linear",
+                 last_epoch: int = -1) -> None:
+        if list(milestones) != sorted(milestones):
+            raise ValueError(f"WarmupMultiStepLR milestones must be increasing, got {milestones}")
+        self.milestones, self.gamma = list(milestones), gamma
+        super().__init__(optimizer, (warmup_factor, warmup_iters, warmup_method), last_epoch)
+
+    def decay(self, it: int) -> float:
+        return self.gamma ** bisect.bisect_right(self.milestones, it)
+
+
+class WarmupCosineLR(_WarmupLR):
+    """``base_lr * 0.5 * (1 + cos(pi * it / max_iters))`` (0 from ``max_iters`` on) with warmup (detectron2's
+    older scheduler)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_iters: int, warmup_factor: float = 0.001,
+                 warmup_iters: int = 1000, warmup_method: str = "linear", last_epoch: int = -1) -> None:
         self.max_iters = max_iters
-        self.warmup_factor, self.warmup_iters, self.warmup_method = warmup_factor, warmup_iters, warmup_method
-        super().__init__(optimizer, last_epoch)
+        super().__init__(optimizer, (warmup_factor, warmup_iters, warmup_method), last_epoch)
 
-    def get_lr(self) -> list[float]:
-        it = self.last_epoch
-        scale = _warmup_factor(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
-        cosine = 0.5 * (1.0 + math.cos(math.pi * it / self.max_iters)) if it < self.max_iters else 0.0
-        return [lr * scale * cosine for lr in self.base_lrs]
+    def decay(self, it: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * it / self.max_iters)) if it < self.max_iters else 0.0
 
 
 def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultiplier:
