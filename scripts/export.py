@@ -90,7 +90,7 @@ def prepare_input(predictor: DefaultPredictor, image_bgr: np.ndarray) -> dict[st
     height, width = image.shape[:2]
     resized = predictor.aug.get_transform(image).apply_image(image)
     tensor = torch.as_tensor(np.ascontiguousarray(resized.astype("float32").transpose(2, 0, 1)))
-    return {"image": tensor.to(predictor.cfg.model.device), "height": height, "width": width}
+    return {"image": tensor.to(predictor.device), "height": height, "width": width}
 
 
 def compare(eager: Any, exported: Any) -> dict[str, Any]:

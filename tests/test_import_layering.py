@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "modeling": {"utils", "layers", "structures", "config"},
     "checkpoint": {"utils"},
     "data": {"utils", "structures", "config"},
-    "evaluation": {"utils", "structures", "data"},
+    "evaluation": {"utils", "structures", "config", "data"},
     "engine": {"utils", "layers", "structures", "config", "modeling", "checkpoint", "data", "evaluation", "solver"},
     "export": {"utils", "layers", "structures", "config", "modeling"},
     "model_zoo": {"utils", "config", "modeling", "checkpoint"},

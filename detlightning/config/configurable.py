@@ -15,23 +15,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from .reader import CfgView, is_cfg_node
+
 __all__ = ["configurable", "is_config"]
 
 
 def is_config(obj: Any) -> bool:
-    """True for a detlightning config (OmegaConf DictConfig with a ``model`` node) or a detectron2-style CfgNode."""
-    if isinstance(obj, DictConfig):
-        return True
-    # detectron2 / yacs CfgNode (converted in one place, see detlightning.config.to_detlightning_cfg)
-    return type(obj).__name__ == "CfgNode"
+    """True for a detlightning config (OmegaConf ``DictConfig``), a detectron2-style ``CfgNode`` or a view of one.
 
-
-def _normalise_cfg(cfg: Any) -> Any:
-    if isinstance(cfg, DictConfig):
-        return cfg
-    from . import d2_compat  # noqa: PLC0415  (optional importer; converts a detectron2 CfgNode)
-
-    return d2_compat.to_detlightning_cfg(cfg)
+    ``from_config`` receives the config exactly as the caller passed it; built-in components read it through
+    :func:`detlightning.config.cfg_view`."""
+    return isinstance(obj, (DictConfig, CfgView)) or is_cfg_node(obj)
 
 
 def _called_with_cfg(*args: Any, **kwargs: Any) -> bool:
@@ -45,10 +39,6 @@ def _get_args_from_config(from_config_func: Callable[..., dict], *args: Any, **k
     params = list(signature.parameters)
     if not params or params[0] != "cfg":
         raise TypeError(f"{from_config_func.__qualname__} must take 'cfg' as its first argument")
-    if args:
-        args = (_normalise_cfg(args[0]),) + args[1:]
-    else:
-        kwargs["cfg"] = _normalise_cfg(kwargs["cfg"])
     supports_var_arg = any(
         p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in signature.parameters.values()
     )

@@ -1,26 +1,16 @@
-"""detectron2 configs in detlightning: the ONE place where a detectron2 ``CfgNode`` becomes our Hydra config.
+"""A detectron2 config turned into detlightning's composed Hydra config, for the edges that need one:
+``scripts/*.py d2_config=path.yaml`` (:func:`apply_d2_config`) and :func:`load_d2_config`.
+
+The model library needs none of this: ``build_model(cfg_node)`` reads a ``CfgNode`` in place through
+:mod:`detlightning.config.reader`. The Lightning engine, whose checkpoints store a ``DictConfig``, and the scripts
+convert here.
 
 ``D2_KEY_MAP`` maps every key of detectron2's defaults to its detlightning key (``None``: no equivalent). Most keys
 are detectron2's, lower-cased (``MODEL.ROI_HEADS.NUM_CLASSES`` -> ``model.roi_heads.num_classes``); the few that
-live elsewhere in our config are listed in ``_RENAMED``, and the ones we do not implement in ``_UNSUPPORTED`` (with
-the reason). A key without an equivalent is reported by name whenever its value is not detectron2's default, so no
-setting is dropped silently: a :class:`UnsupportedD2KeysWarning`, or ``ValueError`` with ``strict=True``.
-
-Entry points:
-
-* :func:`to_detlightning_cfg` (``CfgNode`` -> ``DictConfig``); ``build_model`` and every ``from_config`` call it
-  when handed a ``CfgNode``, so detectron2 code runs with only its imports changed::
-
-      from detlightning.config import get_d2_cfg as get_cfg   # detectron2: from detectron2.config import get_cfg
-      from detlightning.modeling import build_model
-
-      cfg = get_cfg()
-      cfg.merge_from_file("mask_rcnn_R_50_FPN_3x.yaml")         # _BASE_ chains work
-      model = build_model(cfg)
-
-* :func:`load_d2_config` (yaml path -> ``DictConfig``) and :func:`apply_d2_config` (what ``scripts/train.py``
-  does with ``d2_config=path.yaml``: the detectron2 file decides the model, input, data, solver and test settings;
-  the Hydra run keeps its trainer, callbacks, loggers and paths).
+live elsewhere in our config are the reader's ``RENAMED_D2_KEYS``, and the ones we do not implement are in
+``_UNSUPPORTED`` (with the reason). A key without an equivalent is reported by name whenever its value is not
+detectron2's default, so no setting is dropped silently: a :class:`UnsupportedD2KeysWarning`, or ``ValueError`` with
+``strict=True``.
 """
 from __future__ import annotations
 
@@ -35,12 +25,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import hydra_task_overrides
 from .d2_defaults import get_d2_cfg
+from .reader import RENAMED_D2_KEYS
 
 __all__ = [
     "D2_KEY_MAP",
     "UnsupportedD2KeysWarning",
     "apply_d2_config",
-    "as_detlightning_cfg",
     "command_line_keys",
     "load_d2_config",
     "to_detlightning_cfg",
@@ -54,15 +44,8 @@ class UnsupportedD2KeysWarning(UserWarning):
     """detectron2 config keys with a non-default value that detlightning has no equivalent for (ignored)."""
 
 
-# detectron2 keys that live somewhere else than their lower-cased name in our config
-_RENAMED: dict[str, str] = {
-    "SOLVER.IMS_PER_BATCH": "dataloader.ims_per_batch",  # the data loader owns the batch size
-    "TEST.EVAL_PERIOD": "solver.eval_period",  # one schedule block: checkpoint_period and eval_period together
-    "TEST.PRECISE_BN.ENABLED": "callbacks.precise_bn.enabled",
-    "TEST.PRECISE_BN.NUM_ITER": "callbacks.precise_bn.num_iter",
-    "OUTPUT_DIR": "paths.output_dir",
-    "CUDNN_BENCHMARK": "trainer.benchmark",
-}
+# detectron2 keys that live somewhere else than their lower-cased name in our config (the reader's table)
+_RENAMED: dict[str, str] = RENAMED_D2_KEYS
 
 # detectron2 keys with no detlightning equivalent -> why (shown when a config sets them to a non-default value)
 _UNSUPPORTED: dict[str, str] = {
@@ -77,8 +60,6 @@ _UNSUPPORTED: dict[str, str] = {
     "TEST.AUG.MAX_SIZE": "test-time augmentation is not implemented",
     "TEST.AUG.FLIP": "test-time augmentation is not implemented",
     "FLOAT32_PRECISION": "call torch.set_float32_matmul_precision(...) in your script",
-    "VIS_PERIOD": "training-batch visualisation is not implemented (callbacks.visualize_predictions shows "
-    "validation predictions)",
     "GLOBAL.HACK": "detectron2's global_cfg scratch space has no equivalent",
 }
 
@@ -271,14 +252,6 @@ def to_detlightning_cfg(cfg: Any, strict: bool = False) -> DictConfig:
     assert isinstance(out, DictConfig)
     OmegaConf.set_struct(out, True)
     return out
-
-
-def as_detlightning_cfg(cfg: Any) -> Any:
-    """``cfg`` itself, or its conversion when it is a detectron2-style CfgNode (what every ``build_*`` calls
-    first, so that ``build_model(cfg_node)`` works)."""
-    if _is_cfg_node(cfg):
-        return to_detlightning_cfg(cfg)
-    return cfg
 
 
 def load_d2_config(path: str | os.PathLike[str], overrides: Sequence[str] | None = None,

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["RENAMED_D2_KEYS", "CfgView", "cfg_get", "cfg_view", "is_cfg_node"]
+__all__ = ["RENAMED_D2_KEYS", "CfgView", "cfg_get", "cfg_view", "is_cfg_node", "unwrap_cfg"]
 
 #: detectron2 key -> detlightning key, for the keys that do not live at their lower-cased name in our config
 RENAMED_D2_KEYS: dict[str, str] = {
@@ -179,3 +179,9 @@ def cfg_view(cfg: Any) -> Any:
     if isinstance(cfg, Mapping):
         return OmegaConf.create(dict(cfg))
     raise TypeError(f"expected a DictConfig, a CfgNode or a mapping as config, got {type(cfg).__name__}")
+
+
+def unwrap_cfg(cfg: Any) -> Any:
+    """The config object itself: a :class:`CfgView`'s CfgNode, anything else unchanged (what a registered
+    component receives)."""
+    return cfg.wrapped if isinstance(cfg, CfgView) else cfg

@@ -19,13 +19,14 @@ import torch
 import torch.utils.data as torchdata
 
 from detlightning.config import configurable
+from detlightning.config.reader import cfg_get
 from detlightning.structures import BoxMode
 from detlightning.utils import comm
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from .dataset_mapper import DatasetMapper
-from .detection_utils import _cfg_select, check_metadata_consistency
+from .detection_utils import check_metadata_consistency
 from .samplers import InferenceSampler, RandomSubsetTrainingSampler, RepeatFactorTrainingSampler, TrainingSampler
 
 __all__ = [
@@ -264,34 +265,30 @@ def _pick_sampler(dataset: torchdata.Dataset, sampler: Any, default: Callable[[i
 
 
 def total_batch_size_from_cfg(cfg: Any) -> int:
-    """``dataloader.ims_per_batch`` (images per step over all processes, like detectron2's
-    SOLVER.IMS_PER_BATCH), falling back to ``solver.ims_per_batch``, then 2."""
-    value = _cfg_select(cfg, "dataloader.ims_per_batch")
-    if value is None:
-        value = _cfg_select(cfg, "solver.ims_per_batch", 2)
-    return int(value)
+    """``dataloader.ims_per_batch``: images per step over all processes (detectron2's SOLVER.IMS_PER_BATCH)."""
+    return int(cfg_get(cfg, "dataloader.ims_per_batch"))
 
 
 def _train_loader_from_config(
     cfg: Any, mapper: Callable | None = None, *, dataset: Any = None, sampler: Any = None
 ) -> dict[str, Any]:
     if dataset is None:
-        keypoint_on = bool(_cfg_select(cfg, "model.keypoint_on", False))
-        load_proposals = bool(_cfg_select(cfg, "model.load_proposals", False))
+        keypoint_on = bool(cfg_get(cfg, "model.keypoint_on"))
+        load_proposals = bool(cfg_get(cfg, "model.load_proposals"))
         dataset = get_detection_dataset_dicts(
-            list(_cfg_select(cfg, "datasets.train")),
-            filter_empty=bool(_cfg_select(cfg, "dataloader.filter_empty_annotations", True)),
-            min_keypoints=int(_cfg_select(cfg, "model.roi_keypoint_head.min_keypoints_per_image", 0))
+            list(cfg_get(cfg, "datasets.train")),
+            filter_empty=bool(cfg_get(cfg, "dataloader.filter_empty_annotations")),
+            min_keypoints=int(cfg_get(cfg, "model.roi_keypoint_head.min_keypoints_per_image"))
             if keypoint_on
             else 0,
-            proposal_files=list(_cfg_select(cfg, "datasets.proposal_files_train")) if load_proposals else None,
+            proposal_files=list(cfg_get(cfg, "datasets.proposal_files_train")) if load_proposals else None,
         )
     if mapper is None:
         mapper = DatasetMapper(cfg, True)
 
     if sampler is None and not isinstance(dataset, torchdata.IterableDataset):
-        sampler_name = _cfg_select(cfg, "dataloader.sampler_train", "TrainingSampler")
-        seed = _cfg_select(cfg, "seed", -1)
+        sampler_name = cfg_get(cfg, "dataloader.sampler_train")
+        seed = cfg_get(cfg, "seed")
         seed = None if seed is None or int(seed) < 0 else int(seed)
         logger.info("Using training sampler %s", sampler_name)
         if sampler_name == "TrainingSampler":
@@ -299,29 +296,29 @@ def _train_loader_from_config(
         elif sampler_name == "RepeatFactorTrainingSampler":
             repeat_factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
                 dataset,
-                float(_cfg_select(cfg, "dataloader.repeat_threshold", 0.0)),
-                sqrt=bool(_cfg_select(cfg, "dataloader.repeat_sqrt", True)),
+                float(cfg_get(cfg, "dataloader.repeat_threshold")),
+                sqrt=bool(cfg_get(cfg, "dataloader.repeat_sqrt")),
             )
             sampler = RepeatFactorTrainingSampler(repeat_factors, seed=seed)
         elif sampler_name == "RandomSubsetTrainingSampler":
             sampler = RandomSubsetTrainingSampler(
-                len(dataset), float(_cfg_select(cfg, "dataloader.random_subset_ratio", 1.0)), seed_shuffle=seed
+                len(dataset), float(cfg_get(cfg, "dataloader.random_subset_ratio")), seed_shuffle=seed
             )
         else:
             raise ValueError(
                 f"Unknown training sampler: {sampler_name!r}; use TrainingSampler, RepeatFactorTrainingSampler "
                 "or RandomSubsetTrainingSampler"
             )
-    num_workers = int(_cfg_select(cfg, "dataloader.num_workers", 0))
+    num_workers = int(cfg_get(cfg, "dataloader.num_workers"))
     return {
         "dataset": dataset,
         "sampler": sampler,
         "mapper": mapper,
         "total_batch_size": total_batch_size_from_cfg(cfg),
-        "aspect_ratio_grouping": bool(_cfg_select(cfg, "dataloader.aspect_ratio_grouping", True)),
+        "aspect_ratio_grouping": bool(cfg_get(cfg, "dataloader.aspect_ratio_grouping")),
         "num_workers": num_workers,
-        "pin_memory": bool(_cfg_select(cfg, "dataloader.pin_memory", False)),
-        "persistent_workers": bool(_cfg_select(cfg, "dataloader.persistent_workers", False)) and num_workers > 0,
+        "pin_memory": bool(cfg_get(cfg, "dataloader.pin_memory")),
+        "persistent_workers": bool(cfg_get(cfg, "dataloader.persistent_workers")) and num_workers > 0,
     }
 
 
@@ -356,9 +353,9 @@ def _test_loader_from_config(cfg: Any, dataset_name: str | Sequence[str], mapper
     if isinstance(dataset_name, str):
         dataset_name = [dataset_name]
     proposal_files = None
-    if _cfg_select(cfg, "model.load_proposals", False):
-        tests = list(_cfg_select(cfg, "datasets.test"))
-        files = list(_cfg_select(cfg, "datasets.proposal_files_test"))
+    if cfg_get(cfg, "model.load_proposals"):
+        tests = list(cfg_get(cfg, "datasets.test"))
+        files = list(cfg_get(cfg, "datasets.proposal_files_test"))
         proposal_files = [files[tests.index(x)] for x in dataset_name]
     dataset = get_detection_dataset_dicts(dataset_name, filter_empty=False, proposal_files=proposal_files)
     if mapper is None:
@@ -366,10 +363,10 @@ def _test_loader_from_config(cfg: Any, dataset_name: str | Sequence[str], mapper
     return {
         "dataset": dataset,
         "mapper": mapper,
-        "num_workers": int(_cfg_select(cfg, "dataloader.num_workers", 0)),
+        "num_workers": int(cfg_get(cfg, "dataloader.num_workers")),
         "sampler": InferenceSampler(len(dataset)) if not isinstance(dataset, torchdata.IterableDataset) else None,
-        "pin_memory": bool(_cfg_select(cfg, "dataloader.pin_memory", False)),
-        "persistent_workers": bool(_cfg_select(cfg, "dataloader.persistent_workers", False)),
+        "pin_memory": bool(cfg_get(cfg, "dataloader.pin_memory")),
+        "persistent_workers": bool(cfg_get(cfg, "dataloader.persistent_workers")),
     }
 
 

@@ -24,12 +24,12 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 
+from detlightning.config.reader import cfg_get
 from detlightning.utils import comm
 
 from .build import build_detection_test_loader, build_detection_train_loader, total_batch_size_from_cfg
 from .catalog import DatasetCatalog
 from .datasets.shapes import register_shapes_from_cfg
-from .detection_utils import _cfg_select
 
 __all__ = ["DetectionDataModule", "EpochView", "register_shapes_from_cfg", "train_iters_per_epoch"]
 
@@ -64,10 +64,10 @@ class EpochView:
 
 def train_iters_per_epoch(cfg: Any, num_images: int | None = None) -> int:
     """Batches per Lightning epoch (see the module docstring for the rule)."""
-    explicit = _cfg_select(cfg, "dataloader.train_iters_per_epoch")
+    explicit = cfg_get(cfg, "dataloader.train_iters_per_epoch")
     if explicit is not None and int(explicit) > 0:
         return int(explicit)
-    max_iter = _cfg_select(cfg, "solver.max_iter")
+    max_iter = cfg_get(cfg, "solver.max_iter")
     if max_iter is not None and int(max_iter) > 0:
         return int(max_iter)
     if num_images is None:
@@ -112,13 +112,13 @@ class DetectionDataModule(LightningDataModule):
     # ------------------------------------------------------------------------------------- Lightning hooks
     @property
     def test_dataset_names(self) -> list[str]:
-        return list(_cfg_select(self.cfg, "datasets.test") or [])
+        return list(cfg_get(self.cfg, "datasets.test") or [])
 
     def train_dataloader(self) -> EpochView:
         """The training stream cut into epochs of ``train_iters_per_epoch(cfg)`` batches."""
         if self._train_view is None:
             loader = self.build_train_loader()
-            needs_count = _cfg_select(self.cfg, "dataloader.train_iters_per_epoch") in (None, 0) and _cfg_select(
+            needs_count = cfg_get(self.cfg, "dataloader.train_iters_per_epoch") in (None, 0) and cfg_get(
                 self.cfg, "solver.max_iter"
             ) in (None, 0)
             length = train_iters_per_epoch(self.cfg, _count_train_images(self.cfg) if needs_count else None)
@@ -144,4 +144,4 @@ class DetectionDataModule(LightningDataModule):
 
 def _count_train_images(cfg: Any) -> int:
     """Images in ``datasets.train`` as registered (before empty-image filtering: an epoch is ~one pass)."""
-    return sum(len(DatasetCatalog.get(n)) for n in _cfg_select(cfg, "datasets.train"))
+    return sum(len(DatasetCatalog.get(n)) for n in cfg_get(cfg, "datasets.train"))

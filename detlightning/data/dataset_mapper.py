@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from detlightning.config import configurable
+from detlightning.config.reader import cfg_get
 
 from . import detection_utils as utils
 from . import transforms as T
@@ -74,28 +75,27 @@ class DatasetMapper:
     @classmethod
     def from_config(cls, cfg: Any, is_train: bool = True) -> dict[str, Any]:
         augs = utils.build_augmentation(cfg, is_train)
-        sel = utils._cfg_select
-        if is_train and sel(cfg, "input.crop.enabled", False):
-            augs.insert(0, T.RandomCrop(sel(cfg, "input.crop.type"), sel(cfg, "input.crop.size")))
+        if is_train and cfg_get(cfg, "input.crop.enabled"):
+            augs.insert(0, T.RandomCrop(cfg_get(cfg, "input.crop.type"), cfg_get(cfg, "input.crop.size")))
             # d2-parity: a crop cuts masks, so the boxes are re-derived from the cropped masks.
-            recompute_boxes = bool(sel(cfg, "model.mask_on", False))
+            recompute_boxes = bool(cfg_get(cfg, "model.mask_on"))
         else:
             recompute_boxes = False
         ret: dict[str, Any] = {
             "is_train": is_train,
             "augmentations": augs,
-            "image_format": sel(cfg, "input.format", "BGR"),
-            "use_instance_mask": bool(sel(cfg, "model.mask_on", False)),
-            "instance_mask_format": sel(cfg, "input.mask_format", "polygon"),
-            "use_keypoint": bool(sel(cfg, "model.keypoint_on", False)),
+            "image_format": cfg_get(cfg, "input.format"),
+            "use_instance_mask": bool(cfg_get(cfg, "model.mask_on")),
+            "instance_mask_format": cfg_get(cfg, "input.mask_format"),
+            "use_keypoint": bool(cfg_get(cfg, "model.keypoint_on")),
             "recompute_boxes": recompute_boxes,
-            "skip_bad_samples": bool(sel(cfg, "dataloader.skip_bad_samples", False)),
+            "skip_bad_samples": bool(cfg_get(cfg, "dataloader.skip_bad_samples")),
         }
         if ret["use_keypoint"]:
-            ret["keypoint_hflip_indices"] = utils.create_keypoint_hflip_indices(list(sel(cfg, "datasets.train")))
-        if sel(cfg, "model.load_proposals", False):
+            ret["keypoint_hflip_indices"] = utils.create_keypoint_hflip_indices(list(cfg_get(cfg, "datasets.train")))
+        if cfg_get(cfg, "model.load_proposals"):
             key = "datasets.precomputed_proposal_topk_train" if is_train else "datasets.precomputed_proposal_topk_test"
-            ret["precomputed_proposal_topk"] = int(sel(cfg, key))
+            ret["precomputed_proposal_topk"] = int(cfg_get(cfg, key))
         return ret
 
     @property

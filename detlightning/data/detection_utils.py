@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from detlightning.config.reader import cfg_get
 from detlightning.structures import BitMasks, Boxes, BoxMode, Instances, Keypoints, PolygonMasks, polygons_to_bitmask
 
 from . import transforms as T
@@ -421,21 +422,6 @@ def _normalise(x: Any) -> Any:
     return x
 
 
-def _cfg_select(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg.a.b`` for key "a.b", or ``default`` when absent (works in struct mode)."""
-    if isinstance(cfg, DictConfig):
-        value = OmegaConf.select(cfg, key, default=default)
-        if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-            return OmegaConf.to_container(value, resolve=True)
-        return value
-    node = cfg
-    for part in key.split("."):
-        if not hasattr(node, part):
-            return default
-        node = getattr(node, part)
-    return node
-
-
 def build_augmentation_list(specs: Sequence[Any]) -> list[T.Augmentation]:
     """Instantiate augmentations from ``_target_`` specs, e.g.
     ``[{"_target_": "detlightning.data.transforms.RandomFlip", "prob": 0.5}]``; objects pass through."""
@@ -461,21 +447,21 @@ def build_augmentation(cfg: Any, is_train: bool) -> list[T.Augmentation]:
     If ``cfg.input.augmentations_train`` / ``augmentations_test`` is a non-empty list of ``_target_`` specs, it
     replaces the default list (detlightning extension).
     """
-    custom = _cfg_select(cfg, "input.augmentations_train" if is_train else "input.augmentations_test")
+    custom = cfg_get(cfg, "input.augmentations_train" if is_train else "input.augmentations_test")
     if custom:
         return build_augmentation_list(custom)
     if is_train:
-        min_size = _cfg_select(cfg, "input.min_size_train")
-        max_size = _cfg_select(cfg, "input.max_size_train")
-        sample_style = _cfg_select(cfg, "input.min_size_train_sampling")
+        min_size = cfg_get(cfg, "input.min_size_train")
+        max_size = cfg_get(cfg, "input.max_size_train")
+        sample_style = cfg_get(cfg, "input.min_size_train_sampling")
     else:
-        min_size = _cfg_select(cfg, "input.min_size_test")
-        max_size = _cfg_select(cfg, "input.max_size_test")
+        min_size = cfg_get(cfg, "input.min_size_test")
+        max_size = cfg_get(cfg, "input.max_size_test")
         sample_style = "choice"
     if isinstance(min_size, (list, tuple)):
         min_size = [int(s) for s in min_size]
     augmentation: list[T.Augmentation] = [T.ResizeShortestEdge(min_size, int(max_size), sample_style)]
-    random_flip = _cfg_select(cfg, "input.random_flip", "none") if is_train else "none"
+    random_flip = cfg_get(cfg, "input.random_flip") if is_train else "none"
     if is_train and random_flip != "none":
         if random_flip not in ("horizontal", "vertical"):
             raise ValueError(f"input.random_flip must be 'none', 'horizontal' or 'vertical', got {random_flip!r}")

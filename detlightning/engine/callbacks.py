@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from ..utils import comm
@@ -138,7 +139,8 @@ def _peak_rss_mib() -> float | None:
 
 class MetricsWriter(Callback):
     """Every ``period`` iterations (and at the end): append to ``<output_dir>/metrics.json`` one line per iteration
-    (detectron2's JSONWriter) and log detectron2's one-line summary (CommonMetricPrinter). Main process only."""
+    (detectron2's JSONWriter), log detectron2's one-line summary (CommonMetricPrinter) and send the images the model
+    put into the EventStorage (``vis_period``) to the TensorBoard logger. Main process only."""
 
     def __init__(self, period: int = 20, json_file: str | None = None, print_metrics: bool = True, window_size: int = 20):
         if period <= 0:
@@ -162,27 +164,28 @@ class MetricsWriter(Callback):
         max_iter = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self._printer = CommonMetricPrinter(max_iter, window_size=self.window_size)
 
-    def _write(self, pl_module: LightningModule, print_line: bool) -> None:
+    def _write(self, trainer: Trainer, pl_module: LightningModule, print_line: bool) -> None:
         if self._json is None:
             return
         with _storage(pl_module) as storage:
             self._json.write()
             if print_line and self.print_metrics and self._printer is not None and storage.histories():
                 self._printer.write()
+            _send_images(trainer, storage)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         it = trainer.global_step  # iterations done
         if it % self.period == 0 or it == trainer.max_steps:
-            self._write(pl_module, print_line=it != trainer.max_steps)
+            self._write(trainer, pl_module, print_line=it != trainer.max_steps)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._write(pl_module, print_line=False)
+            self._write(trainer, pl_module, print_line=False)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._write(pl_module, print_line=False)
+        self._write(trainer, pl_module, print_line=False)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         # closed after each fit/validate/test; the next one's setup reopens the file in append mode
@@ -190,6 +193,17 @@ class MetricsWriter(Callback):
             self._last_write = self._json._last_write
             self._json.close()
             self._json = None
+
+
+def _send_images(trainer: Trainer, storage: Any) -> None:
+    """The storage's images (``put_image``) to every TensorBoard logger, then dropped from the storage."""
+    if not storage.vis_data:
+        return
+    writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+    for name, image, step in storage.vis_data:
+        for writer in writers:
+            writer.add_image(name, image, step)
+    storage.clear_images()
 
 
 class PeriodicCheckpointer(Callback):
@@ -346,8 +360,6 @@ class VisualizePredictions(Callback):
         self._seen = 0
 
     def _tensorboard(self, trainer: Trainer) -> Any:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         for lg in trainer.loggers:
             if isinstance(lg, TensorBoardLogger):
                 return lg.experiment

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 __all__ = ["DefaultPredictor"]
 
@@ -31,18 +30,20 @@ class DefaultPredictor:
         from ..data.transforms import ResizeShortestEdge
         from ..modeling.meta_arch.build import build_model
 
-        from ..config.d2_compat import as_detlightning_cfg
+        from ..config.reader import cfg_view
 
-        self.cfg = copy.deepcopy(as_detlightning_cfg(cfg))  # a detectron2 CfgNode works too
-        cfg = self.cfg
+        self.cfg = copy.deepcopy(cfg)  # as given: a DictConfig, or a detectron2 CfgNode
+        view = cfg_view(self.cfg)
         self.model = build_model(self.cfg)
         self.model.eval()
-        test_sets = list(OmegaConf.select(cfg, "datasets.test") or [])
+        # where build_model put the model (a "cuda" config on a CPU-only machine builds on the CPU)
+        self.device = next(iter(self.model.state_dict().values()), torch.empty(0)).device
+        test_sets = list(view.datasets.test or [])
         self.metadata = MetadataCatalog.get(test_sets[0]) if test_sets else None
-        if cfg.model.weights:
-            DetectionCheckpointer(self.model).load(cfg.model.weights)
-        self.aug = ResizeShortestEdge([cfg.input.min_size_test, cfg.input.min_size_test], cfg.input.max_size_test)
-        self.input_format = cfg.input.format
+        if view.model.weights:
+            DetectionCheckpointer(self.model).load(view.model.weights)
+        self.aug = ResizeShortestEdge([view.input.min_size_test, view.input.min_size_test], view.input.max_size_test)
+        self.input_format = view.input.format
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"DefaultPredictor supports input.format RGB or BGR, got {self.input_format!r}")
 
@@ -56,5 +57,5 @@ class DefaultPredictor:
             height, width = original_image.shape[:2]
             image = self.aug.get_transform(original_image).apply_image(original_image)
             image = torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1)))
-            image = image.to(self.cfg.model.device)
+            image = image.to(self.device)
             return self.model([{"image": image, "height": height, "width": width}])[0]

@@ -5,8 +5,8 @@ import logging
 import os
 from typing import Any
 
+from ..config.reader import cfg_get
 from ..data.catalog import MetadataCatalog
-from ..data.detection_utils import _cfg_select
 from .coco_evaluation import COCOEvaluator
 from .evaluator import DatasetEvaluator, DatasetEvaluators
 from .panoptic_evaluation import COCOPanopticEvaluator
@@ -24,10 +24,10 @@ def build_evaluator(cfg: Any, dataset_name: str, output_folder: str | None = Non
     COCOPanopticEvaluator + COCOEvaluator. ``output_folder`` None: ``<paths.output_dir>/inference`` when the
     config has an output dir. Returns None (with a warning) for a dataset without a known evaluator type."""
     if output_folder is None:
-        out = _cfg_select(cfg, "paths.output_dir")
+        out = cfg_get(cfg, "paths.output_dir")
         output_folder = os.path.join(out, "inference") if out else None
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-    sigmas = tuple(_cfg_select(cfg, "test.keypoint_oks_sigmas") or ())
+    sigmas = tuple(cfg_get(cfg, "test.keypoint_oks_sigmas") or ())
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_folder, kpt_oks_sigmas=sigmas)
     if evaluator_type == "sem_seg":

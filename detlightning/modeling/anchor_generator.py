@@ -10,7 +10,7 @@ from omegaconf import ListConfig
 from torch import nn
 
 from ..config import configurable
-from ..config.d2_compat import as_detlightning_cfg
+from ..config.reader import cfg_view
 from ..layers import ShapeSpec
 from ..structures import Boxes
 from .build import build_component
@@ -121,6 +121,7 @@ class DefaultAnchorGenerator(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: list[ShapeSpec]) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         node = cfg.model.anchor_generator
         return {
             "sizes": _plain(node.sizes),
@@ -188,5 +189,4 @@ class DefaultAnchorGenerator(nn.Module):
 
 def build_anchor_generator(cfg: Any, input_shape: list[ShapeSpec]) -> nn.Module:
     """The anchor generator that ``cfg.model.anchor_generator`` selects (``name:`` or ``_target_:``)."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    return build_component(ANCHOR_GENERATOR_REGISTRY, cfg.model.anchor_generator, cfg, input_shape)
+    return build_component(ANCHOR_GENERATOR_REGISTRY, "model.anchor_generator", cfg, input_shape)

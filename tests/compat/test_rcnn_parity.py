@@ -120,3 +120,23 @@ def test_rpn_proposals_match_detectron2(arch):
     r, o = torch.tensor(m.ref_idx), torch.tensor(m.our_idx)
     logit_diff = (ref["proposals"]["objectness_logits"][r] - proposals.objectness_logits[o]).abs().max()
     assert logit_diff < 1e-2, f"objectness logits differ by {float(logit_diff)}"
+
+
+@pytest.mark.parametrize("arch", WITH_OUTPUTS)
+def test_model_built_from_a_detectron2_cfgnode_matches_detectron2(arch):
+    """detectron2's own flow: get_cfg() + merge_from_file(model-zoo yaml) + build_model(cfg). The CfgNode is read in
+    place (detlightning.config.reader), never converted to our Hydra config."""
+    from detlightning import model_zoo
+    from detlightning.config import get_d2_cfg
+    from detlightning.modeling import build_model
+
+    cfg = get_d2_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file(P.manifest(arch)["detectron2_config"]))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    assert sorted(model.state_dict()) == sorted(P.manifest(arch)["shapes"])
+    model.load_state_dict(P.reference_weights(arch))
+    inp = P.reference_input()
+    with torch.no_grad():
+        out = model([inp])[0]["instances"]
+    P.assert_parity(P.compare_instances(P.reference_output(arch)["instances"], out))

@@ -52,6 +52,10 @@ def test_mask_rcnn_outputs(mask_rcnn_run) -> None:
     tags = acc.Tags()
     assert {"total_loss", "loss_mask", "lr", "bbox/AP", "segm/AP"} <= set(tags["scalars"]), tags["scalars"]
     assert "predictions/0" in tags["images"]  # VisualizePredictions on the first validation images
+    # vis_period=2: the model's training-batch images (EventStorage.put_image) reach TensorBoard
+    steps = [e.step for e in acc.Images("Left: GT bounding boxes;  Right: Predicted proposals")]
+    assert steps == [0, 2], steps
+    assert any(tag.startswith("Left: mask prediction;") for tag in tags["images"]), tags["images"]
     assert (out / "config.yaml").is_file()
 
 

@@ -21,14 +21,9 @@ def test_build_evaluator_by_evaluator_type(tmp_path) -> None:
                                       panoptic_json=str(tmp_path / "p.json"))
     MetadataCatalog.get("be_odd").set(evaluator_type="lvis")
 
-    class Cfg:  # attribute-style config (what _cfg_select reads for non-OmegaConf objects)
-        def __init__(self, d):
-            for k, v in d.items():
-                setattr(self, k, Cfg(v) if isinstance(v, dict) else v)
-
-    sem = build_evaluator(Cfg(cfg), "be_sem")
+    sem = build_evaluator(cfg, "be_sem")
     assert isinstance(sem, SemSegEvaluator)
-    pan = build_evaluator(Cfg(cfg), "be_pan", str(tmp_path / "pan"))
+    pan = build_evaluator(cfg, "be_pan", str(tmp_path / "pan"))
     assert isinstance(pan, DatasetEvaluators)
     assert [type(e) for e in pan._evaluators] == [COCOPanopticEvaluator, COCOEvaluator]
-    assert build_evaluator(Cfg(cfg), "be_odd") is None
+    assert build_evaluator(cfg, "be_odd") is None

@@ -38,6 +38,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
+from ...config.reader import cfg_get
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .builtin_meta import panoptic_standard_meta
 from .coco import load_coco_json
@@ -438,9 +439,7 @@ def register_shapes_from_cfg(cfg: Any) -> list[str]:
     """Re-register the built-in shapes datasets with the parameters in ``datasets.shapes`` (keys ``prefix``,
     ``root``, ``num_train``, ``num_val``, ``image_size``, ``min_objects``, ``max_objects``, ``seed``), when the
     config has that node. Registration is cheap: files are generated on first use. Returns the names."""
-    from ..detection_utils import _cfg_select  # noqa: PLC0415  (avoids an import cycle)
-
-    spec = _cfg_select(cfg, "datasets.shapes")
+    spec = cfg_get(cfg, "datasets.shapes", None)
     if not spec:
         return []
     spec = dict(spec)

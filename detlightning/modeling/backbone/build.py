@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_get
 from ...layers import ShapeSpec
-from ..build import build_component
+from ..build import build_component, selected_name
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
 
@@ -20,13 +20,13 @@ def build_backbone(cfg: Any, input_shape: ShapeSpec | None = None) -> Backbone:
     Returns:
         a :class:`Backbone` (registered builders are called as ``builder(cfg, input_shape)``).
     """
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
     if input_shape is None:
-        input_shape = ShapeSpec(channels=len(cfg.model.pixel_mean))
-    backbone = build_component(BACKBONE_REGISTRY, cfg.model.backbone, cfg, input_shape)
+        input_shape = ShapeSpec(channels=len(cfg_get(cfg, "model.pixel_mean")))
+    backbone = build_component(BACKBONE_REGISTRY, "model.backbone", cfg, input_shape)
     if not isinstance(backbone, Backbone):
+        selected = selected_name(cfg, "model.backbone") or cfg_get(cfg, "model.backbone._target_")
         raise TypeError(
-            f"backbone {cfg.model.backbone.get('name') or cfg.model.backbone.get('_target_')!r} returned "
+            f"backbone {selected!r} returned "
             f"{type(backbone).__name__}; a backbone builder must return an instance of "
             f"detlightning.modeling.backbone.Backbone"
         )

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import Conv2d, ShapeSpec, get_norm
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
@@ -207,7 +207,7 @@ def _fpn_args(cfg: Any) -> dict[str, Any]:
 @BACKBONE_REGISTRY.register()
 def build_resnet_fpn_backbone(cfg: Any, input_shape: ShapeSpec) -> FPN:
     """ResNet + FPN with a max-pooled P6 (Faster/Mask R-CNN): outputs p2-p6 for in_features res2-res5."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
+    cfg = cfg_view(cfg)
     bottom_up = build_resnet_backbone(cfg, input_shape)
     return FPN(bottom_up=bottom_up, top_block=LastLevelMaxPool(), **_fpn_args(cfg))
 
@@ -215,7 +215,7 @@ def build_resnet_fpn_backbone(cfg: Any, input_shape: ShapeSpec) -> FPN:
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_fpn_backbone(cfg: Any, input_shape: ShapeSpec) -> FPN:
     """ResNet + FPN with P6/P7 convolved from res5 (RetinaNet): outputs p3-p7 for in_features res3-res5."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
+    cfg = cfg_view(cfg)
     bottom_up = build_resnet_backbone(cfg, input_shape)
     in_channels_p6p7 = bottom_up.output_shape()["res5"].channels
     args = _fpn_args(cfg)

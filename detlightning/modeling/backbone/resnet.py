@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from ...layers.weight_init import c2_msra_fill, c2_xavier_fill  # noqa: F401  (c2_xavier_fill: old import path)
 from ..registry import BACKBONE_REGISTRY
@@ -389,7 +389,7 @@ def build_resnet_backbone(cfg: Any, input_shape: ShapeSpec) -> ResNet:
     Only the stages up to the last of ``model.resnets.out_features`` are built (C4 models keep res5 in the ROI
     heads).
     """
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
+    cfg = cfg_view(cfg)
     r = cfg.model.resnets
     norm = r.norm
     freeze_at = int(cfg.model.backbone.freeze_at)

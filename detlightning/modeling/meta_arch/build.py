@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_get
 from ..build import build_component
 from ..registry import META_ARCH_REGISTRY
 
@@ -23,13 +23,17 @@ def build_model(cfg: Any) -> nn.Module:
     ``@META_ARCH_REGISTRY.register()`` class, ...), called as ``cls(cfg)``, or a node with ``_target_``.
     No weights are loaded: use ``DetectionCheckpointer(model).load(cfg.model.weights)`` for that.
     """
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    meta_arch = cfg.model.meta_architecture
-    model = build_component(META_ARCH_REGISTRY, meta_arch, cfg)
+    model = build_component(META_ARCH_REGISTRY, "model.meta_architecture", cfg)
     if not isinstance(model, nn.Module):
+        meta_arch = cfg_get(cfg, "model.meta_architecture")
         raise TypeError(f"meta_architecture {meta_arch!r} built a {type(model).__name__}; expected an nn.Module")
-    model.to(torch.device(cfg.model.device))
+    device = str(cfg_get(cfg, "model.device"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        # detectron2's default MODEL.DEVICE is "cuda": a detectron2 config still builds on a CPU-only machine
+        logger.warning("model.device=%r but CUDA is not available: the model is built on the CPU", device)
+        device = "cpu"
+    model.to(torch.device(device))
     num_params = sum(p.numel() for p in model.parameters())
-    logger.info("Built %s (%.2fM parameters) on %s", type(model).__name__, num_params / 1e6, cfg.model.device)
+    logger.info("Built %s (%.2fM parameters) on %s", type(model).__name__, num_params / 1e6, device)
     logger.debug("Model:\n%s", model)
     return model

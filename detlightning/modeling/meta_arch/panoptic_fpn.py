@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...config.reader import cfg_view
 from ...config import configurable
 from ...structures import Instances
 from ..postprocessing import detector_postprocess, sem_seg_postprocess
@@ -55,6 +56,7 @@ class PanopticFPN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         ret = super().from_config(cfg)
         combine = cfg.model.panoptic_fpn.combine
         ret.update(

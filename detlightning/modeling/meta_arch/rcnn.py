@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...config.reader import cfg_view
 from ...config import configurable
 from ...layers import move_device_like
 from ...structures import ImageList, Instances
@@ -80,13 +81,14 @@ class GeneralizedRCNN(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,
             "proposal_generator": build_proposal_generator(cfg, backbone.output_shape()),
             "roi_heads": build_roi_heads(cfg, backbone.output_shape()),
             "input_format": cfg.input.format,
-            "vis_period": cfg.get("vis_period", 0),
+            "vis_period": int(cfg.vis_period),
             "pixel_mean": list(cfg.model.pixel_mean),
             "pixel_std": list(cfg.model.pixel_std),
         }
@@ -257,6 +259,7 @@ class ProposalNetwork(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,

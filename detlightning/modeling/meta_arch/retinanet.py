@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ...config.reader import cfg_view
 from ...config import configurable
 from ...layers import CycleBatchNormList, ShapeSpec, batched_nms, cat, get_norm, sigmoid_focal_loss_jit
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
@@ -104,6 +105,7 @@ class RetinaNet(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         backbone = build_backbone(cfg)
         backbone_shape = backbone.output_shape()
         node = cfg.model.retinanet
@@ -134,7 +136,7 @@ class RetinaNet(DenseDetector):
             "test_topk_candidates": node.topk_candidates_test,
             "test_nms_thresh": node.nms_thresh_test,
             "max_detections_per_image": cfg.test.detections_per_image,
-            "vis_period": cfg.get("vis_period", 0),
+            "vis_period": int(cfg.vis_period),
             "input_format": cfg.input.format,
         }
 
@@ -316,6 +318,7 @@ class RetinaNetHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: list[ShapeSpec]) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         num_anchors = build_anchor_generator(cfg, input_shape).num_cell_anchors
         if len(set(num_anchors)) != 1:
             raise ValueError(f"RetinaNetHead needs the same number of anchors on every level, got {num_anchors}")

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config import configurable
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import Conv2d, ShapeSpec, get_norm
 from ...structures import ImageList
 from ..backbone import Backbone, build_backbone
@@ -64,6 +64,7 @@ class SemanticSegmentor(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,
@@ -111,8 +112,7 @@ class SemanticSegmentor(nn.Module):
 
 def build_sem_seg_head(cfg: Any, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """The head named by ``cfg.model.sem_seg_head`` (``name`` in SEM_SEG_HEADS_REGISTRY, or ``_target_``)."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    return build_component(SEM_SEG_HEADS_REGISTRY, cfg.model.sem_seg_head, cfg, input_shape)
+    return build_component(SEM_SEG_HEADS_REGISTRY, "model.sem_seg_head", cfg, input_shape)
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -182,6 +182,7 @@ class SemSegFPNHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         node = cfg.model.sem_seg_head
         in_features = list(node.in_features)
         missing = [f for f in in_features if f not in input_shape]

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
 from torch import nn
 
-from ...config.d2_compat import as_detlightning_cfg
 from ...layers import ShapeSpec
-from ..build import build_component
+from ..build import build_component, selected_name
 from ..registry import PROPOSAL_GENERATOR_REGISTRY
 from . import rpn  # noqa: F401  (registers RPN and StandardRPNHead)
 
@@ -24,9 +22,6 @@ def build_proposal_generator(cfg: Any, input_shape: dict[str, ShapeSpec]) -> nn.
     Args:
         input_shape: the backbone's output shapes, feature name -> ShapeSpec.
     """
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    node = cfg.model.proposal_generator
-    name = node.get("name") if isinstance(node, DictConfig) else node
-    if name == "PrecomputedProposals" and not (isinstance(node, DictConfig) and "_target_" in node):
+    if selected_name(cfg, "model.proposal_generator") == "PrecomputedProposals":
         return None
-    return build_component(PROPOSAL_GENERATOR_REGISTRY, node, cfg, input_shape)
+    return build_component(PROPOSAL_GENERATOR_REGISTRY, "model.proposal_generator", cfg, input_shape)

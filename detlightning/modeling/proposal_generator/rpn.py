@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import Conv2d, ShapeSpec, cat
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
@@ -33,8 +33,7 @@ _LOSS_NAMES = ("loss_rpn_cls", "loss_rpn_loc")
 
 def build_rpn_head(cfg: Any, input_shape: list[ShapeSpec]) -> nn.Module:
     """The RPN head named by ``cfg.model.rpn.head_name`` (a registered name, or a node with ``_target_``)."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    return build_component(RPN_HEAD_REGISTRY, cfg.model.rpn.head_name, cfg, input_shape)
+    return build_component(RPN_HEAD_REGISTRY, "model.rpn.head_name", cfg, input_shape)
 
 
 @RPN_HEAD_REGISTRY.register()
@@ -91,6 +90,7 @@ class StandardRPNHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: list[ShapeSpec]) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         in_channels = {s.channels for s in input_shape}
         if len(in_channels) != 1:
             raise ValueError(
@@ -200,6 +200,7 @@ class RPN(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         rpn = cfg.model.rpn
         in_features = list(rpn.in_features)
         missing = [f for f in in_features if f not in input_shape]

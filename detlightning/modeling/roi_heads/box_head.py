@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ...config import configurable
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import Conv2d, Linear, ShapeSpec, get_norm
 from ...layers.weight_init import c2_msra_fill, c2_xavier_fill
 from ..build import build_component
@@ -88,6 +88,7 @@ class FastRCNNConvFCHead(nn.Sequential):
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
+        cfg = cfg_view(cfg)
         head = cfg.model.roi_box_head
         return {
             "input_shape": input_shape,
@@ -112,5 +113,4 @@ class FastRCNNConvFCHead(nn.Sequential):
 
 def build_box_head(cfg, input_shape: ShapeSpec) -> nn.Module:
     """The box head selected by ``cfg.model.roi_box_head`` (``name`` in ROI_BOX_HEAD_REGISTRY or ``_target_``)."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    return build_component(ROI_BOX_HEAD_REGISTRY, cfg.model.roi_box_head, cfg, input_shape)
+    return build_component(ROI_BOX_HEAD_REGISTRY, "model.roi_box_head", cfg, input_shape)

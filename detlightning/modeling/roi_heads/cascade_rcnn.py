@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.autograd.function import Function
 
+from ...config.reader import cfg_view
 from ...config import configurable
 from ...layers import ShapeSpec
 from ...structures import Boxes, Instances, pairwise_iou
@@ -84,6 +85,7 @@ class CascadeROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg: Any, input_shape: dict[str, ShapeSpec]) -> dict[str, Any]:
+        cfg = cfg_view(cfg)
         ret = super().from_config(cfg, input_shape)
         ret.pop("proposal_matcher")
         return ret

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config.reader import cfg_view
 from ...config import configurable
 from ...layers import ShapeSpec, batched_nms, cat, cross_entropy, nonzero_tuple
 from ...structures import Boxes, Instances
@@ -222,6 +223,7 @@ class FastRCNNOutputLayers(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
+        cfg = cfg_view(cfg)
         box_head = cfg.model.roi_box_head
         # The federated-loss class weights come from dataset statistics (the data package), which modeling must not
         # import: whoever enables use_fed_loss passes get_fed_loss_cls_weights explicitly.

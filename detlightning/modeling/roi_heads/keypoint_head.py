@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, interpolate
 from ...structures import Instances, heatmaps_to_keypoints
 from ...utils.events import get_event_storage
@@ -32,8 +32,7 @@ _TOTAL_SKIPPED = 0
 def build_keypoint_head(cfg, input_shape: ShapeSpec | dict[str, ShapeSpec]) -> nn.Module:
     """The keypoint head selected by ``cfg.model.roi_keypoint_head`` (``name`` in ROI_KEYPOINT_HEAD_REGISTRY or
     ``_target_``)."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    return build_component(ROI_KEYPOINT_HEAD_REGISTRY, cfg.model.roi_keypoint_head, cfg, input_shape)
+    return build_component(ROI_KEYPOINT_HEAD_REGISTRY, "model.roi_keypoint_head", cfg, input_shape)
 
 
 def keypoint_rcnn_loss(
@@ -122,6 +121,7 @@ class BaseKeypointRCNNHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape) -> dict:
+        cfg = cfg_view(cfg)
         head = cfg.model.roi_keypoint_head
         ret: dict = {"loss_weight": head.loss_weight, "num_keypoints": head.num_keypoints}
         if head.normalize_loss_by_visible_keypoints:
@@ -180,6 +180,7 @@ class KRCNNConvDeconvUpsampleHead(BaseKeypointRCNNHead, nn.Sequential):
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
+        cfg = cfg_view(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["input_shape"] = input_shape
         ret["conv_dims"] = list(cfg.model.roi_keypoint_head.conv_dims)

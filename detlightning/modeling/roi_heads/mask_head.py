@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
 from ...structures import Instances
 from ...utils.events import get_event_storage
@@ -131,8 +131,9 @@ class BaseMaskRCNNHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape) -> dict:
+        cfg = cfg_view(cfg)
         # detectron2's top-level VIS_PERIOD; optional in our config
-        return {"vis_period": int(cfg.get("vis_period", 0) or 0)}
+        return {"vis_period": int(cfg.vis_period)}
 
     def forward(self, x: torch.Tensor | dict[str, torch.Tensor], instances: list[Instances]):
         """x: pooled ROI features (B, C, S, S) for the boxes of ``instances`` (foreground proposals in training,
@@ -210,6 +211,7 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
+        cfg = cfg_view(cfg)
         ret = super().from_config(cfg, input_shape)
         head = cfg.model.roi_mask_head
         ret.update(
@@ -228,5 +230,4 @@ class MaskRCNNConvUpsampleHead(BaseMaskRCNNHead, nn.Sequential):
 
 def build_mask_head(cfg, input_shape: ShapeSpec | dict[str, ShapeSpec]) -> nn.Module:
     """The mask head selected by ``cfg.model.roi_mask_head`` (``name`` in ROI_MASK_HEAD_REGISTRY or ``_target_``)."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    return build_component(ROI_MASK_HEAD_REGISTRY, cfg.model.roi_mask_head, cfg, input_shape)
+    return build_component(ROI_MASK_HEAD_REGISTRY, "model.roi_mask_head", cfg, input_shape)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ...config import configurable
-from ...config.d2_compat import as_detlightning_cfg
+from ...config.reader import cfg_view
 from ...layers import ShapeSpec, nonzero_tuple
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
@@ -44,8 +44,7 @@ logger = logging.getLogger(__name__)
 
 def build_roi_heads(cfg, input_shape: dict[str, ShapeSpec]) -> nn.Module:
     """The ROI heads selected by ``cfg.model.roi_heads`` (``name`` in ROI_HEADS_REGISTRY or ``_target_``)."""
-    cfg = as_detlightning_cfg(cfg)  # a detectron2 CfgNode is converted here
-    return build_component(ROI_HEADS_REGISTRY, cfg.model.roi_heads, cfg, input_shape)
+    return build_component(ROI_HEADS_REGISTRY, "model.roi_heads", cfg, input_shape)
 
 
 def select_foreground_proposals(
@@ -127,6 +126,7 @@ class ROIHeads(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
+        cfg = cfg_view(cfg)
         roi = cfg.model.roi_heads
         return {
             "batch_size_per_image": roi.batch_size_per_image,
@@ -279,6 +279,7 @@ class Res5ROIHeads(ROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        cfg = cfg_view(cfg)
         ret = super().from_config(cfg)
         in_features = ret["in_features"] = list(cfg.model.roi_heads.in_features)
         box_head = cfg.model.roi_box_head
@@ -460,6 +461,7 @@ class StandardROIHeads(ROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        cfg = cfg_view(cfg)
         ret = super().from_config(cfg)
         ret["train_on_pred_boxes"] = cfg.model.roi_box_head.train_on_pred_boxes
         # A subclass may override _init_*_head as a plain method (old style); those are not bound classmethods and
