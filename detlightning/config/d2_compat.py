@@ -159,6 +159,8 @@ def _group_choices(flat: Mapping[str, Any]) -> list[str]:
     depth = flat.get("MODEL.RESNETS.DEPTH", 50)
     if flat.get("MODEL.BACKBONE.NAME") == "build_resnet_backbone":
         backbone = "resnet101_c4" if depth == 101 else "resnet50_c4"
+        if model in ("faster_rcnn", "mask_rcnn"):
+            model += "_c4"  # the heads on res4 (RPN) and the res5 ROI head
     elif depth == 101 and flat.get("MODEL.RESNETS.NUM_GROUPS") == 32 and flat.get("MODEL.RESNETS.WIDTH_PER_GROUP") == 8:
         backbone = "resnext101_32x8d"
     else:

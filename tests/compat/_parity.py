@@ -22,7 +22,7 @@ ARCH_OVERRIDES: dict[str, list[str]] = {
     "faster_rcnn_R_50_FPN": ["model=faster_rcnn", "backbone=resnet50", "data=coco"],
     "mask_rcnn_R_50_FPN": ["model=mask_rcnn", "backbone=resnet50", "data=coco"],
     "keypoint_rcnn_R_50_FPN": ["model=keypoint_rcnn", "backbone=resnet50", "data=coco_keypoints"],
-    "faster_rcnn_R_50_C4": ["model=faster_rcnn", "backbone=resnet50_c4", "data=coco"],
+    "faster_rcnn_R_50_C4": ["model=faster_rcnn_c4", "backbone=resnet50_c4", "data=coco"],
     "mask_rcnn_X_101_32x8d_FPN": ["model=mask_rcnn", "backbone=resnext101_32x8d", "data=coco"],
     # Misc/mask_rcnn_R_50_FPN_3x_gn.yaml
     "mask_rcnn_R_50_FPN_gn": [

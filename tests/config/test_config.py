@@ -23,13 +23,41 @@ def test_groups_compose_like_model_zoo_files():
     kp = get_cfg(["model=keypoint_rcnn", "backbone=resnet101", "data=coco_keypoints"])
     assert kp.model.keypoint_on and kp.model.roi_heads.num_classes == 1
     assert kp.model.roi_keypoint_head.num_keypoints == 17 and kp.input.min_size_test == 800
-    assert kp.model.rpn.post_nms_topk_train == 1500  # the model file wins over the backbone's Base-RCNN-FPN values
+    assert kp.model.rpn.post_nms_topk_train == 1500  # the model file wins over its base_rcnn_fpn heads
     assert kp.model.resnets.depth == 101
     x = get_cfg(["model=mask_rcnn", "backbone=resnext101_32x8d"])
     assert (x.model.resnets.num_groups, x.model.resnets.width_per_group, x.model.resnets.stride_in_1x1) == (32, 8, False)
     assert x.model.backbone.name == "build_resnet_fpn_backbone" and x.model.mask_on
-    c4 = get_cfg(["backbone=resnet50_c4"])
+    c4 = get_cfg(["model=faster_rcnn_c4", "backbone=resnet50_c4"])
     assert c4.model.roi_heads.name == "Res5ROIHeads" and c4.model.rpn.pre_nms_topk_test == 6000
+    assert c4.model.backbone.name == "build_resnet_backbone" and list(c4.model.rpn.in_features) == ["res4"]
+
+
+def test_each_group_sets_only_its_own_part():
+    """backbone= changes the feature extractor and nothing else; the heads and input sizes are the model's and the
+    data's."""
+    def flat(cfg):
+        from omegaconf import OmegaConf
+
+        out = {}
+
+        def walk(node, prefix):
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    out[f"{prefix}{k}"] = v
+
+        walk(OmegaConf.to_container(cfg, resolve=True), "")
+        return out
+
+    base = flat(get_cfg(["model=mask_rcnn", "backbone=resnet50"]))
+    for backbone in ("resnet101", "resnext101_32x8d", "resnet50_c4", "resnet101_c4"):
+        other = flat(get_cfg(["model=mask_rcnn", f"backbone={backbone}"]))
+        changed = {k for k in base if base[k] != other.get(k)}
+        assert changed, backbone
+        assert all(k.startswith(("model.backbone.", "model.resnets.", "model.fpn.", "model.pixel_"))
+                   for k in changed), (backbone, sorted(changed))
 
 
 def test_unknown_key_and_option_fail_with_choices():

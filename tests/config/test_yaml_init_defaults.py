@@ -38,7 +38,7 @@ MODELS = [
     ["model=semantic_fpn"],
     ["model=cascade_mask_rcnn"],
     ["model=rpn"],
-    ["model=mask_rcnn", "backbone=resnet50_c4"],
+    ["model=mask_rcnn_c4", "backbone=resnet50_c4"],
 ]
 
 

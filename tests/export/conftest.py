@@ -17,7 +17,7 @@ _RCNN = ["model.roi_heads.score_thresh_test=0.2"]
 # test name -> (model config, extra overrides)
 ARCHS: dict[str, tuple[str, list[str]]] = {
     "faster_rcnn": ("faster_rcnn", _RCNN),
-    "faster_rcnn_c4": ("faster_rcnn", ["backbone=resnet50_c4", *_RCNN]),
+    "faster_rcnn_c4": ("faster_rcnn_c4", ["backbone=resnet50_c4", *_RCNN]),
     "mask_rcnn": ("mask_rcnn", _RCNN),
     "cascade_mask_rcnn": ("cascade_mask_rcnn", _RCNN),
     "keypoint_rcnn": ("keypoint_rcnn", [*_RCNN, "model.roi_keypoint_head.conv_dims=[16,16]"]),

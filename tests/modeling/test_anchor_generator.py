@@ -83,7 +83,7 @@ def test_cell_anchors_not_in_state_dict_but_follow_device() -> None:
 
 
 def test_from_config_default_c4() -> None:
-    cfg = get_cfg(["backbone=resnet50_c4"])  # C4: 5 sizes x 3 ratios on one map
+    cfg = get_cfg(["model=faster_rcnn_c4", "backbone=resnet50_c4"])  # C4: 5 sizes x 3 ratios on one map
     gen = build_anchor_generator(cfg, [ShapeSpec(channels=1024, stride=16)])
     assert isinstance(gen, DefaultAnchorGenerator)
     assert gen.num_anchors == [15] and gen.strides == [16] and gen.offset == 0.0

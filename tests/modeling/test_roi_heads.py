@@ -286,7 +286,7 @@ def test_roi_heads_errors():
 def _tiny_c4_cfg(*extra: str):
     return get_cfg(
         [
-            "model=mask_rcnn",
+            "model=mask_rcnn_c4",
             "backbone=resnet50_c4",
             "model.roi_heads.num_classes=3",
             "model.roi_heads.batch_size_per_image=16",
@@ -348,7 +348,7 @@ CASES = {
     "keypoint_rcnn_R_50_FPN": (["model=keypoint_rcnn", "backbone=resnet50", "data=coco_keypoints"], FPN_SHAPE),
     "mask_rcnn_R_50_FPN_gn": (["model=mask_rcnn", "backbone=resnet50", "data=coco", *GN_OVERRIDES], FPN_SHAPE),
     "faster_rcnn_R_50_C4": (
-        ["model=faster_rcnn", "backbone=resnet50_c4", "data=coco"],
+        ["model=faster_rcnn_c4", "backbone=resnet50_c4", "data=coco"],
         {"res4": ShapeSpec(channels=1024, stride=16)},
     ),
 }

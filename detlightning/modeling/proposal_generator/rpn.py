@@ -207,7 +207,8 @@ class RPN(nn.Module):
         if missing:
             raise KeyError(
                 f"model.rpn.in_features names {missing}, which the backbone does not output; backbone features: "
-                f"{list(input_shape)}"
+                f"{list(input_shape)} (the model's heads must fit the backbone: e.g. model=mask_rcnn_c4 with "
+                f"backbone=resnet50_c4)"
             )
         shapes = [input_shape[f] for f in in_features]
         return {
