@@ -15,12 +15,12 @@ from ...structures import Boxes, ImageList, Instances
 from ..backbone import Backbone
 from ..postprocessing import detector_postprocess
 from .inputs import (
-    _check_batched_inputs,
-    _gt_instances,
-    _normalize_images,
-    _output_sizes,
-    _register_pixel_stats,
-    _require_storage,
+    check_batched_inputs,
+    collect_gt_instances,
+    normalize_images,
+    output_sizes,
+    register_pixel_stats,
+    require_storage,
 )
 
 __all__ = ["DenseDetector", "permute_to_N_HWA_K"]
@@ -71,7 +71,7 @@ class DenseDetector(nn.Module):
             if missing:
                 raise KeyError(f"head_in_features {missing} are not backbone outputs; those are {sorted(shapes)}")
             self.head_in_features = list(head_in_features)
-        _register_pixel_stats(self, pixel_mean, pixel_std, type(self).__name__)
+        register_pixel_stats(self, pixel_mean, pixel_std, type(self).__name__)
 
     @property
     def device(self) -> torch.device:
@@ -87,10 +87,10 @@ class DenseDetector(nn.Module):
             ``{"instances": Instances}`` with ``pred_boxes``, ``scores``, ``pred_classes`` at the output size.
         """
         owner = type(self).__name__
-        _check_batched_inputs(batched_inputs, owner)
+        check_batched_inputs(batched_inputs, owner)
         if self.training:
-            _require_storage(owner)
-            gt_instances = _gt_instances(batched_inputs, ("gt_boxes", "gt_classes"), self.device, owner)
+            require_storage(owner)
+            gt_instances = collect_gt_instances(batched_inputs, ("gt_boxes", "gt_classes"), self.device, owner)
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         features_list = [features[f] for f in self.head_in_features]
@@ -100,7 +100,7 @@ class DenseDetector(nn.Module):
             return self.forward_training(images, features_list, predictions, gt_instances)
 
         results = self.forward_inference(images, features_list, predictions)
-        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        sizes = output_sizes(batched_inputs, images.image_sizes)
         return [{"instances": detector_postprocess(r, h, w)} for r, (h, w) in zip(results, sizes)]
 
     def forward_training(
@@ -119,7 +119,7 @@ class DenseDetector(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise, pad (``backbone.size_divisibility`` / ``padding_constraints``) and batch the images."""
-        images = _normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, type(self).__name__)
+        images = normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, type(self).__name__)
         return ImageList.from_tensors(
             images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
         )

@@ -12,8 +12,18 @@ from ...layers import move_device_like
 from ...structures import Instances
 from ...utils.events import EventStorageError, has_event_storage
 
+__all__ = [
+    "check_batched_inputs",
+    "collect_gt_instances",
+    "normalize_images",
+    "output_sizes",
+    "register_pixel_stats",
+    "require_key",
+    "require_storage",
+]
 
-def _check_batched_inputs(batched_inputs: Any, owner: str) -> None:
+
+def check_batched_inputs(batched_inputs: Any, owner: str) -> None:
     if not isinstance(batched_inputs, (list, tuple)) or len(batched_inputs) == 0:
         raise TypeError(
             f"{owner} expects a non-empty list of dicts (one per image, with an 'image' key), got "
@@ -24,7 +34,7 @@ def _check_batched_inputs(batched_inputs: Any, owner: str) -> None:
             raise TypeError(f"{owner}: batched_inputs[{i}] must be a dict, got {type(x).__name__}")
 
 
-def _require_storage(owner: str) -> None:
+def require_storage(owner: str) -> None:
     if not has_event_storage():
         raise EventStorageError(
             f"{owner} in training mode logs metrics to an EventStorage: run the training step inside "
@@ -32,15 +42,15 @@ def _require_storage(owner: str) -> None:
         )
 
 
-def _require_key(batched_inputs: Sequence[dict], key: str, owner: str, why: str) -> None:
+def require_key(batched_inputs: Sequence[dict], key: str, owner: str, why: str) -> None:
     for i, x in enumerate(batched_inputs):
         if key not in x:
             raise KeyError(f"{owner}: batched_inputs[{i}] has no {key!r} ({why}); its keys are {sorted(x)}")
 
 
-def _gt_instances(batched_inputs: Sequence[dict], fields: Sequence[str], device: torch.device, owner: str) -> list:
+def collect_gt_instances(batched_inputs: Sequence[dict], fields: Sequence[str], device: torch.device, owner: str) -> list:
     """The ``"instances"`` of every input, checked for ``fields`` and moved to ``device``."""
-    _require_key(batched_inputs, "instances", owner, "training needs the ground truth")
+    require_key(batched_inputs, "instances", owner, "training needs the ground truth")
     out = []
     for i, x in enumerate(batched_inputs):
         inst = x["instances"]
@@ -56,7 +66,7 @@ def _gt_instances(batched_inputs: Sequence[dict], fields: Sequence[str], device:
     return out
 
 
-def _normalize_images(
+def normalize_images(
     batched_inputs: Sequence[dict], pixel_mean: torch.Tensor, pixel_std: torch.Tensor, owner: str
 ) -> list[torch.Tensor]:
     """Validate each ``"image"``, move it to the model's device and normalise ``(x - mean) / std``."""
@@ -98,9 +108,9 @@ def _pixel_buffer(values: Sequence[float], name: str) -> torch.Tensor:
     return t.view(-1, 1, 1)
 
 
-def _register_pixel_stats(module: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float], owner: str) -> None:
+def register_pixel_stats(module: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float], owner: str) -> None:
     """Give ``module`` the (C, 1, 1) float32 buffers ``pixel_mean`` and ``pixel_std`` used by
-    :func:`_normalize_images`, after checking that both have one value per input channel."""
+    :func:`normalize_images`, after checking that both have one value per input channel."""
     mean, std = _pixel_buffer(pixel_mean, "pixel_mean"), _pixel_buffer(pixel_std, "pixel_std")
     if mean.shape != std.shape:
         raise ValueError(
@@ -112,7 +122,7 @@ def _register_pixel_stats(module: nn.Module, pixel_mean: Sequence[float], pixel_
     module.register_buffer("pixel_std", std, persistent=False)
 
 
-def _output_sizes(batched_inputs: Sequence[dict], image_sizes: Sequence[tuple[int, int]]) -> list[tuple[Any, Any]]:
+def output_sizes(batched_inputs: Sequence[dict], image_sizes: Sequence[tuple[int, int]]) -> list[tuple[Any, Any]]:
     """Per image, the (height, width) its outputs are rescaled to: the input's ``"height"``/``"width"`` when given,
     else the size the network saw."""
     return [(x.get("height", size[0]), x.get("width", size[1])) for x, size in zip(batched_inputs, image_sizes)]

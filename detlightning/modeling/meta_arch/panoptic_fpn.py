@@ -12,7 +12,7 @@ from ...config import configurable
 from ...structures import Instances
 from ..postprocessing import detector_postprocess, sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY
-from .inputs import _check_batched_inputs, _gt_instances, _output_sizes, _require_key, _require_storage
+from .inputs import check_batched_inputs, collect_gt_instances, output_sizes, require_key, require_storage
 from .rcnn import GeneralizedRCNN
 from .semantic_seg import _padded_targets, build_sem_seg_head
 
@@ -95,10 +95,10 @@ class PanopticFPN(GeneralizedRCNN):
         """
         if not self.training:
             return self.inference(batched_inputs)
-        _check_batched_inputs(batched_inputs, "PanopticFPN")
-        _require_storage("PanopticFPN")
-        _require_key(batched_inputs, "sem_seg", "PanopticFPN", "training needs the semantic ground truth")
-        gt_instances = _gt_instances(batched_inputs, ("gt_boxes", "gt_classes"), self.device, "PanopticFPN")
+        check_batched_inputs(batched_inputs, "PanopticFPN")
+        require_storage("PanopticFPN")
+        require_key(batched_inputs, "sem_seg", "PanopticFPN", "training needs the semantic ground truth")
+        gt_instances = collect_gt_instances(batched_inputs, ("gt_boxes", "gt_classes"), self.device, "PanopticFPN")
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
 
@@ -125,7 +125,7 @@ class PanopticFPN(GeneralizedRCNN):
         """
         if self.training:
             raise RuntimeError("PanopticFPN.inference() runs in eval mode; call model.eval() first")
-        _check_batched_inputs(batched_inputs, "PanopticFPN")
+        check_batched_inputs(batched_inputs, "PanopticFPN")
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_seg_results, _ = self.sem_seg_head(features, None)
@@ -135,7 +135,7 @@ class PanopticFPN(GeneralizedRCNN):
         if not do_postprocess:
             return detector_results, sem_seg_results
 
-        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        sizes = output_sizes(batched_inputs, images.image_sizes)
         outputs = []
         for logits, raw_instances, input_size, (height, width) in zip(
             sem_seg_results, detector_results, images.image_sizes, sizes

@@ -24,13 +24,13 @@ from ..proposal_generator import build_proposal_generator
 from ..registry import META_ARCH_REGISTRY
 from ..roi_heads import build_roi_heads
 from .inputs import (
-    _check_batched_inputs,
-    _gt_instances,
-    _normalize_images,
-    _output_sizes,
-    _register_pixel_stats,
-    _require_key,
-    _require_storage,
+    check_batched_inputs,
+    collect_gt_instances,
+    normalize_images,
+    output_sizes,
+    register_pixel_stats,
+    require_key,
+    require_storage,
 )
 
 __all__ = ["GeneralizedRCNN", "ProposalNetwork"]
@@ -77,7 +77,7 @@ class GeneralizedRCNN(nn.Module):
         if self.vis_period > 0 and input_format is None:
             raise ValueError("GeneralizedRCNN: input_format is required when vis_period > 0 (for visualisation)")
 
-        _register_pixel_stats(self, pixel_mean, pixel_std, "GeneralizedRCNN")
+        register_pixel_stats(self, pixel_mean, pixel_std, "GeneralizedRCNN")
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
@@ -137,11 +137,11 @@ class GeneralizedRCNN(nn.Module):
         if not self.training:
             return self.inference(batched_inputs)
 
-        _check_batched_inputs(batched_inputs, "GeneralizedRCNN")
-        _require_storage("GeneralizedRCNN")
-        gt_instances = _gt_instances(batched_inputs, ("gt_boxes", "gt_classes"), self.device, "GeneralizedRCNN")
+        check_batched_inputs(batched_inputs, "GeneralizedRCNN")
+        require_storage("GeneralizedRCNN")
+        gt_instances = collect_gt_instances(batched_inputs, ("gt_boxes", "gt_classes"), self.device, "GeneralizedRCNN")
         if self.proposal_generator is None:
-            _require_key(batched_inputs, "proposals", "GeneralizedRCNN", "the model has no proposal generator")
+            require_key(batched_inputs, "proposals", "GeneralizedRCNN", "the model has no proposal generator")
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
 
@@ -181,9 +181,9 @@ class GeneralizedRCNN(nn.Module):
         """
         if self.training:
             raise RuntimeError("GeneralizedRCNN.inference() runs in eval mode; call model.eval() first")
-        _check_batched_inputs(batched_inputs, "GeneralizedRCNN")
+        check_batched_inputs(batched_inputs, "GeneralizedRCNN")
         if detected_instances is None and self.proposal_generator is None:
-            _require_key(batched_inputs, "proposals", "GeneralizedRCNN", "the model has no proposal generator")
+            require_key(batched_inputs, "proposals", "GeneralizedRCNN", "the model has no proposal generator")
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
 
@@ -211,8 +211,8 @@ class GeneralizedRCNN(nn.Module):
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise the images, pad them to a common size (``backbone.size_divisibility`` and
         ``padding_constraints``) and batch them into an ``ImageList`` on the model's device."""
-        _check_batched_inputs(batched_inputs, "GeneralizedRCNN")
-        images = _normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, "GeneralizedRCNN")
+        check_batched_inputs(batched_inputs, "GeneralizedRCNN")
+        images = normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, "GeneralizedRCNN")
         return ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
@@ -224,7 +224,7 @@ class GeneralizedRCNN(nn.Module):
         instances: list[Instances], batched_inputs: list[dict[str, Any]], image_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Instances]]:
         """Rescale each image's instances to its ``"height"``/``"width"`` (default: the input size)."""
-        sizes = _output_sizes(batched_inputs, image_sizes)
+        sizes = output_sizes(batched_inputs, image_sizes)
         return [{"instances": detector_postprocess(inst, h, w)} for inst, (h, w) in zip(instances, sizes)]
 
 
@@ -255,7 +255,7 @@ class ProposalNetwork(nn.Module):
             )
         self.backbone = backbone
         self.proposal_generator = proposal_generator
-        _register_pixel_stats(self, pixel_mean, pixel_std, "ProposalNetwork")
+        register_pixel_stats(self, pixel_mean, pixel_std, "ProposalNetwork")
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
@@ -277,8 +277,8 @@ class ProposalNetwork(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise, pad and batch the images (as ``GeneralizedRCNN.preprocess_image``)."""
-        _check_batched_inputs(batched_inputs, "ProposalNetwork")
-        images = _normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, "ProposalNetwork")
+        check_batched_inputs(batched_inputs, "ProposalNetwork")
+        images = normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, "ProposalNetwork")
         return ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
@@ -293,13 +293,13 @@ class ProposalNetwork(nn.Module):
             in inference, per image ``{"proposals": Instances}`` (``proposal_boxes``, ``objectness_logits``)
             rescaled to the output resolution; in training, the proposal losses.
         """
-        _check_batched_inputs(batched_inputs, "ProposalNetwork")
+        check_batched_inputs(batched_inputs, "ProposalNetwork")
         if self.training:
-            _require_storage("ProposalNetwork")
+            require_storage("ProposalNetwork")
             if all("instances" not in x for x in batched_inputs) and all("targets" in x for x in batched_inputs):
                 logger.warning("'targets' in the model inputs is now renamed to 'instances'!")
                 batched_inputs = [{**x, "instances": x["targets"]} for x in batched_inputs]
-            gt_instances: list[Instances] | None = _gt_instances(
+            gt_instances: list[Instances] | None = collect_gt_instances(
                 batched_inputs, ("gt_boxes",), self.device, "ProposalNetwork"
             )
         elif "instances" in batched_inputs[0]:
@@ -313,5 +313,5 @@ class ProposalNetwork(nn.Module):
         if self.training:
             return proposal_losses
 
-        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        sizes = output_sizes(batched_inputs, images.image_sizes)
         return [{"proposals": detector_postprocess(p, h, w)} for p, (h, w) in zip(proposals, sizes)]

@@ -18,7 +18,7 @@ from ...layers.weight_init import c2_msra_fill
 from ..build import build_component
 from ..postprocessing import sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
-from .inputs import _check_batched_inputs, _normalize_images, _output_sizes, _register_pixel_stats, _require_key
+from .inputs import check_batched_inputs, normalize_images, output_sizes, register_pixel_stats, require_key
 
 __all__ = ["SEM_SEG_HEADS_REGISTRY", "SemSegFPNHead", "SemanticSegmentor", "build_sem_seg_head"]
 
@@ -60,7 +60,7 @@ class SemanticSegmentor(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
-        _register_pixel_stats(self, pixel_mean, pixel_std, "SemanticSegmentor")
+        register_pixel_stats(self, pixel_mean, pixel_std, "SemanticSegmentor")
 
     @classmethod
     def from_config(cls, cfg: Any) -> dict[str, Any]:
@@ -86,15 +86,15 @@ class SemanticSegmentor(nn.Module):
             training: ``{"loss_sem_seg": scalar}``; inference: per image ``{"sem_seg": (C, height, width)}``
             float logits at the requested output size (default the input size).
         """
-        _check_batched_inputs(batched_inputs, "SemanticSegmentor")
-        images = _normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, "SemanticSegmentor")
+        check_batched_inputs(batched_inputs, "SemanticSegmentor")
+        images = normalize_images(batched_inputs, self.pixel_mean, self.pixel_std, "SemanticSegmentor")
         images = ImageList.from_tensors(
             images, self.backbone.size_divisibility, padding_constraints=self.backbone.padding_constraints
         )
         features = self.backbone(images.tensor)
 
         if self.training:
-            _require_key(batched_inputs, "sem_seg", "SemanticSegmentor", "training needs the ground truth")
+            require_key(batched_inputs, "sem_seg", "SemanticSegmentor", "training needs the ground truth")
         targets = None
         if "sem_seg" in batched_inputs[0]:
             # d2-parity: a given ground truth is padded (and checked) in eval mode too, though the head ignores it
@@ -103,7 +103,7 @@ class SemanticSegmentor(nn.Module):
         if self.training:
             return losses
 
-        sizes = _output_sizes(batched_inputs, images.image_sizes)
+        sizes = output_sizes(batched_inputs, images.image_sizes)
         return [
             {"sem_seg": sem_seg_postprocess(per_image, input_size, *out_size)}
             for per_image, input_size, out_size in zip(logits, images.image_sizes, sizes)
