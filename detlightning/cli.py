@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+
 from omegaconf import DictConfig, OmegaConf
 
 from .config import apply_d2_config, get_cfg

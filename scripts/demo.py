@@ -50,11 +50,11 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detlightning.cli import setup_cfg as setup_run_cfg  # noqa: E402
-from detlightning.data import MetadataCatalog  # noqa: E402
-from detlightning.data.detection_utils import read_image  # noqa: E402
-from detlightning.engine import DefaultPredictor  # noqa: E402
-from detlightning.utils.visualizer import ColorMode, VisImage, Visualizer  # noqa: E402
+from detlightning.cli import setup_cfg as setup_run_cfg
+from detlightning.data import MetadataCatalog
+from detlightning.data.detection_utils import read_image
+from detlightning.engine import DefaultPredictor
+from detlightning.utils.visualizer import ColorMode, VisImage, Visualizer
 
 logger = logging.getLogger("demo")
 

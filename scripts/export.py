@@ -36,12 +36,12 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detlightning.cli import setup_cfg as setup_run_cfg  # noqa: E402
-from detlightning.data.datasets.shapes import ShapesParams, _draw_image  # noqa: E402
-from detlightning.data.detection_utils import read_image  # noqa: E402
-from detlightning.engine import DefaultPredictor  # noqa: E402
-from detlightning.export import export_onnx, export_torchscript, load_onnx, load_torchscript  # noqa: E402
-from detlightning.export.onnx import DEFAULT_OPSET  # noqa: E402
+from detlightning.cli import setup_cfg as setup_run_cfg
+from detlightning.data.datasets.shapes import ShapesParams, _draw_image
+from detlightning.data.detection_utils import read_image
+from detlightning.engine import DefaultPredictor
+from detlightning.export import export_onnx, export_torchscript, load_onnx, load_torchscript
+from detlightning.export.onnx import DEFAULT_OPSET
 
 logger = logging.getLogger("export")
 

@@ -51,10 +51,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from detlightning import solver
 from detlightning.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
 from detlightning.cli import setup_cfg
 from detlightning.data import build_detection_test_loader, build_detection_train_loader
-from detlightning import solver
 from detlightning.evaluation import build_evaluator, flatten_results_dict, inference_on_dataset, print_csv_format
 from detlightning.modeling import build_model
 from detlightning.utils.env import seed_all_rng

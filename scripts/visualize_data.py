@@ -24,11 +24,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detlightning.cli import setup_cfg  # noqa: E402
-from detlightning.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
-from detlightning.data import detection_utils as utils  # noqa: E402
-from detlightning.data.datasets.builtin_meta import category_color  # noqa: E402
-from detlightning.utils.visualizer import VisImage, Visualizer  # noqa: E402
+from detlightning.cli import setup_cfg
+from detlightning.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detlightning.data import detection_utils as utils
+from detlightning.data.datasets.builtin_meta import category_color
+from detlightning.utils.visualizer import VisImage, Visualizer
 
 logger = logging.getLogger("visualize_data")
 

@@ -38,7 +38,8 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("DETLIGHTNING_NOTEBOOK_MAX_ITER", "10")  # training notebooks: a few iterations prove they run
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     nb = nbformat.read(str(path), as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    resources = {"metadata": {"path": str(tmp_path)}}
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources)
     client.execute()  # raises CellExecutionError naming the cell and its traceback
     # the pictures were produced: quickstart's inline PNGs
     if path.stem == "quickstart":

@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, urlparse
 
 import torch
 
-from .c2_model_loading import align_and_update_state_dicts
 from ..utils import comm
+from .c2_model_loading import align_and_update_state_dicts
 from .checkpointer import (
     Checkpointer,
     _as_mapping,

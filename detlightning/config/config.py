@@ -44,14 +44,14 @@ def get_cfg(overrides: Sequence[str] | None = None, config_name: str = "config")
 
 def config_groups() -> set[str]:
     """The config group names (``model``, ``backbone``, ``data``, ...): the folders of ``detlightning/conf``."""
-    from importlib.resources import files  # noqa: PLC0415
+    from importlib.resources import files
 
     return {p.name for p in files(CONFIG_MODULE).iterdir() if p.is_dir() and not p.name.startswith("_")}
 
 
 def hydra_task_overrides() -> list[str]:
     """The command-line overrides of the running ``@hydra.main`` app (``[]`` outside one)."""
-    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+    from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return []

@@ -184,7 +184,7 @@ _BASE_CACHE: dict[tuple[str, ...], DictConfig] = {}
 
 def _base_config(choices: list[str]) -> DictConfig:
     """``get_cfg(choices)``, cached (composition costs ~0.3 s); never modify the returned config."""
-    from .config import get_cfg  # noqa: PLC0415  (Hydra composition only when converting)
+    from .config import get_cfg
 
     key = tuple(choices)
     if key not in _BASE_CACHE:
@@ -193,7 +193,7 @@ def _base_config(choices: list[str]) -> DictConfig:
 
 
 def _device(value: str) -> str:
-    import torch  # noqa: PLC0415
+    import torch
 
     if str(value).startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%r but CUDA is not available: the model is built on the CPU", value)
@@ -276,9 +276,9 @@ def command_line_keys(overrides: Sequence[str]) -> list[str]:
     """The config keys that Hydra-syntax ``overrides`` set (``solver.base_lr=0.01`` -> ``solver.base_lr``): what
     keeps its value when a ``d2_config`` file is applied. Group choices (``model=mask_rcnn``), deletions and
     ``d2_config`` itself are not keys."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .config import config_groups  # noqa: PLC0415
+    from .config import config_groups
 
     groups = config_groups()
     keys = []

@@ -48,7 +48,7 @@ def is_cfg_node(obj: Any) -> bool:
 @functools.lru_cache(maxsize=1)
 def _own_defaults() -> DictConfig:
     """detlightning's default composition: where a CfgNode's missing detlightning-only keys are read from."""
-    from .config import get_cfg  # noqa: PLC0415  (Hydra composition, only when a CfgNode lacks a key)
+    from .config import get_cfg
 
     return get_cfg([])
 

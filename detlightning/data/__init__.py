@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import transforms  # noqa: F401  (``from detlightning.data import transforms as T``)
+# Registers the built-in datasets (COCO names, shapes) as a side effect, like detectron2.
+from . import datasets, samplers, transforms
 from .build import (
     build_batch_data_loader,
     build_detection_test_loader,
@@ -19,9 +20,6 @@ from .build import (
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from .dataset_mapper import DatasetMapper
-
-# Registers the built-in datasets (COCO names, shapes) as a side effect, like detectron2.
-from . import datasets, samplers  # noqa: E402,F401  isort:skip
 
 __all__ = [
     "AspectRatioGroupedDataset",

@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 def benchmark_train_loader(cfg: Any, num_iters: int = 100, *, warmup_iters: int = 5) -> float:
     """Images/second of the training loader of ``cfg`` over ``num_iters`` batches (after ``warmup_iters``).
     The datasets of ``cfg.datasets.train`` must be registered (``detlightning.cli.setup_cfg`` does that)."""
-    from .build import build_detection_train_loader  # noqa: PLC0415
+    from .build import build_detection_train_loader
 
     if num_iters <= 0:
         raise ValueError(f"num_iters must be positive, got {num_iters}")

@@ -192,7 +192,7 @@ def worker_init_reset_seed(worker_id: int) -> None:
     seed = initial_seed + worker_id
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    import random  # noqa: PLC0415
+    import random
 
     random.seed(seed)
 

@@ -128,7 +128,7 @@ class DatasetFromList(data.Dataset):
             end_addr = int(self._addr[idx])
             return pickle.loads(memoryview(self._buffer[start_addr:end_addr]))
         if self._copy:
-            import copy as _copy  # noqa: PLC0415
+            import copy as _copy
 
             return _copy.deepcopy(self._lst[idx])
         return self._lst[idx]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from detlightning.config.reader import cfg_get
@@ -425,7 +425,7 @@ def _normalise(x: Any) -> Any:
 def build_augmentation_list(specs: Sequence[Any]) -> list[T.Augmentation]:
     """Instantiate augmentations from ``_target_`` specs, e.g.
     ``[{"_target_": "detlightning.data.transforms.RandomFlip", "prob": 0.5}]``; objects pass through."""
-    from hydra.utils import instantiate  # noqa: PLC0415  (only needed for _target_ lists)
+    from hydra.utils import instantiate
 
     augs = []
     for i, spec in enumerate(specs):

@@ -142,7 +142,8 @@ class MetricsWriter(Callback):
     (detectron2's JSONWriter), log detectron2's one-line summary (CommonMetricPrinter) and send the images the model
     put into the EventStorage (``vis_period``) to the TensorBoard logger. Main process only."""
 
-    def __init__(self, period: int = 20, json_file: str | None = None, print_metrics: bool = True, window_size: int = 20):
+    def __init__(self, period: int = 20, json_file: str | None = None, print_metrics: bool = True,
+                 window_size: int = 20):
         if period <= 0:
             raise ValueError(f"MetricsWriter period must be positive, got {period}")
         self.period = period
@@ -279,9 +280,10 @@ class BestCheckpointer(Callback):
         value = float(value)
         if value != value:  # NaN never improves
             return
-        better = self.best_metric is None or (value > self.best_metric if self.mode == "max" else value < self.best_metric)
-        if not better:
-            return
+        if self.best_metric is not None:
+            improved = value > self.best_metric if self.mode == "max" else value < self.best_metric
+            if not improved:
+                return
         self.best_metric, self.best_iter = value, trainer.global_step
         directory = self.dirpath or _output_dir(trainer, pl_module, "checkpoints")
         logger.info("Saving best model at iteration %d: %s = %.4f", trainer.global_step, self.val_metric, value)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..utils import comm
 from .module import DetectionModule
-from .predictor import DefaultPredictor  # noqa: F401  (detectron2 keeps it in engine.defaults)
+from .predictor import DefaultPredictor
 
 __all__ = [
     "DefaultPredictor",
@@ -120,7 +120,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any] | None = None, loggers: 
     if not list(OmegaConf.select(cfg, "datasets.test") or []):
         kwargs["limit_val_batches"] = 0
     if OmegaConf.select(cfg, "solver.amp.enabled", default=False) and str(kwargs.get("precision")) in ("32", "32-true"):
-        gpu = kwargs.get("accelerator") in ("gpu", "cuda") or (kwargs.get("accelerator") == "auto" and torch.cuda.is_available())
+        accelerator = kwargs.get("accelerator")
+        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         kwargs["precision"] = "16-mixed" if gpu else "bf16-mixed"
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k in ("check_val_every_n_epoch",)}
     kwargs["default_root_dir"] = cfg.paths.output_dir

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..evaluation.testing import flatten_results_dict
-from ..utils.events import EventStorage
 from ..solver import build_lr_scheduler, build_optimizer, clip_gradients
+from ..utils.events import EventStorage
 
 __all__ = ["DetectionModule", "cfg_to_container"]
 
@@ -232,7 +232,9 @@ class DetectionModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         self._finish_eval()
 
-    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+    def predict_step(
+        self, batch: list[dict[str, Any]], batch_idx: int, dataloader_idx: int = 0
+    ) -> list[dict[str, Any]]:
         return self.model(batch)
 
     # --------------------------------------------------------------------------------------------- weights

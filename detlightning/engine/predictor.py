@@ -26,11 +26,10 @@ class DefaultPredictor:
 
     def __init__(self, cfg: Any):
         from ..checkpoint import DetectionCheckpointer
+        from ..config.reader import cfg_view
         from ..data import MetadataCatalog
         from ..data.transforms import ResizeShortestEdge
         from ..modeling.meta_arch.build import build_model
-
-        from ..config.reader import cfg_view
 
         self.cfg = copy.deepcopy(cfg)  # as given: a DictConfig, or a detectron2 CfgNode
         view = cfg_view(self.cfg)

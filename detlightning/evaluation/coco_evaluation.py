@@ -29,7 +29,7 @@ from ..utils import comm
 from ..utils.file_io import PathManager
 from ..utils.logger import create_small_table
 from .coco_eval_core import TASKS as _TASKS
-from .coco_eval_core import COCOevalMaxDets, _evaluate_predictions_on_coco  # noqa: F401 (detectron2's names here)
+from .coco_eval_core import COCOevalMaxDets, _evaluate_predictions_on_coco
 from .evaluator import DatasetEvaluator
 from .fast_eval_api import FAST_COCOEVAL_AVAILABLE, COCOeval_opt, make_coco_api
 

@@ -15,7 +15,7 @@ import io
 import os
 from typing import Any
 
-from pycocotools.coco import COCO as _PyCOCO
+from pycocotools.coco import COCO as _PyCOCO  # noqa: N811  (kept apart from faster_coco_eval's COCO)
 from pycocotools.cocoeval import COCOeval as _PyCOCOeval
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 try:  # optional dependency
-    from faster_coco_eval import COCO as _FastCOCO
+    from faster_coco_eval import COCO as _FastCOCO  # noqa: N811
     from faster_coco_eval import COCOeval_faster as _FastCOCOeval
 except ImportError:  # pragma: no cover - exercised only where faster-coco-eval is missing
     _FastCOCO = None
@@ -48,8 +48,8 @@ if _FastCOCOeval is not None:
         does for pycocotools).
         """
 
-        def __init__(  # noqa: N803 (pycocotools' argument names)
-            self, cocoGt: Any = None, cocoDt: Any = None, iouType: str = "segm", **kwargs: Any
+        def __init__(
+            self, cocoGt: Any = None, cocoDt: Any = None, iouType: str = "segm", **kwargs: Any  # noqa: N803  (COCOeval's names)
         ) -> None:
             # pycocotools prints its progress and summary to stdout; keep the same output
             kwargs.setdefault("print_function", print)

@@ -176,7 +176,7 @@ def get(config_path: str, trained: bool = False, device: str | None = None) -> n
         FileNotFoundError: the checkpoint is not cached and cannot be downloaded; the message names the URL and
             the local path to place the file at.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     cfg = get_config(config_path, trained=trained)
     if device is None:

@@ -4,9 +4,8 @@ Importing this package registers every built-in component in the registries, so 
 name-based selection (``model.roi_heads.name=StandardROIHeads``) work.
 """
 from ..layers import ShapeSpec
-from .anchor_generator import ANCHOR_GENERATOR_REGISTRY, DefaultAnchorGenerator, build_anchor_generator
+from .anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 from .backbone import (
-    BACKBONE_REGISTRY,
     FPN,
     Backbone,
     BasicBlock,
@@ -22,29 +21,33 @@ from .backbone import (
 )
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
 from .matcher import Matcher
-from .meta_arch import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY, build_model, build_sem_seg_head
-from .meta_arch import GeneralizedRCNN, PanopticFPN, ProposalNetwork, RetinaNet, SemanticSegmentor
-from .postprocessing import detector_postprocess, sem_seg_postprocess
+from .meta_arch.build import build_model
+from .meta_arch.panoptic_fpn import PanopticFPN
+from .meta_arch.rcnn import GeneralizedRCNN, ProposalNetwork
+from .meta_arch.retinanet import RetinaNet
+from .meta_arch.semantic_seg import SemanticSegmentor, build_sem_seg_head
 from .poolers import ROIPooler
-from .proposal_generator import (
-    PROPOSAL_GENERATOR_REGISTRY,
-    RPN_HEAD_REGISTRY,
-    build_proposal_generator,
-    build_rpn_head,
-)
+from .postprocessing import detector_postprocess, sem_seg_postprocess
+from .proposal_generator import build_proposal_generator, build_rpn_head
 from .registry import (
+    ANCHOR_GENERATOR_REGISTRY,
+    BACKBONE_REGISTRY,
+    META_ARCH_REGISTRY,
+    PROPOSAL_GENERATOR_REGISTRY,
     ROI_BOX_HEAD_REGISTRY,
     ROI_HEADS_REGISTRY,
     ROI_KEYPOINT_HEAD_REGISTRY,
     ROI_MASK_HEAD_REGISTRY,
+    RPN_HEAD_REGISTRY,
+    SEM_SEG_HEADS_REGISTRY,
 )
 from .roi_heads import (
     BaseKeypointRCNNHead,
     BaseMaskRCNNHead,
     CascadeROIHeads,
     FastRCNNOutputLayers,
-    ROIHeads,
     Res5ROIHeads,
+    ROIHeads,
     StandardROIHeads,
     build_box_head,
     build_keypoint_head,

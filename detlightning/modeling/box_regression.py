@@ -186,9 +186,9 @@ class Box2BoxTransformLinear:
         if self.normalize_by_size:
             # d2-parity: (N, 4) strides multiply (N, k*4) deltas, so only k == 1 is meaningful here.
             deltas = deltas * self._strides(boxes)
-        l, t, r, b = deltas[:, 0::4], deltas[:, 1::4], deltas[:, 2::4], deltas[:, 3::4]
+        left, top, right, bottom = deltas[:, 0::4], deltas[:, 1::4], deltas[:, 2::4], deltas[:, 3::4]
         pred = torch.stack(
-            (ctr_x[:, None] - l, ctr_y[:, None] - t, ctr_x[:, None] + r, ctr_y[:, None] + b), dim=-1
+            (ctr_x[:, None] - left, ctr_y[:, None] - top, ctr_x[:, None] + right, ctr_y[:, None] + bottom), dim=-1
         )
         return pred.reshape(deltas.shape)
 

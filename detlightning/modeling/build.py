@@ -39,7 +39,7 @@ def build_component(registry: Registry, key: str, cfg: Any, *args: Any, **shape_
     """
     node = cfg_get(cfg, key)
     if isinstance(node, Mapping) and "_target_" in node:
-        from hydra.utils import instantiate  # noqa: PLC0415  (Hydra only where a _target_ is used)
+        from hydra.utils import instantiate
 
         params = dict(node)
         params.pop("name", None)

@@ -70,7 +70,9 @@ class MultiStepParamScheduler(ParamScheduler):
 
     def __init__(self, values: list[float], num_updates: int, milestones: list[int]):
         if len(values) != len(milestones) + 1:
-            raise ValueError(f"MultiStepParamScheduler needs len(values) == len(milestones) + 1, got {values}, {milestones}")
+            raise ValueError(
+                f"MultiStepParamScheduler needs len(values) == len(milestones) + 1, got {values}, {milestones}"
+            )
         if list(milestones) != sorted(milestones):
             raise ValueError(f"milestones must be increasing, got {milestones}")
         self.values, self.num_updates, self.milestones = list(values), int(num_updates), list(milestones)
@@ -130,7 +132,9 @@ class WarmupParamScheduler(CompositeParamScheduler):
 class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
     """LR of group g at iteration i = ``base_lr_g * multiplier(i / max_iter)``; step it once per iteration."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, multiplier: ParamScheduler, max_iter: int, last_iter: int = -1):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, multiplier: ParamScheduler, max_iter: int, last_iter: int = -1
+    ):
         if max_iter <= 0:
             raise ValueError(f"LRMultiplier needs max_iter > 0, got {max_iter}")
         self._multiplier = multiplier
@@ -208,7 +212,9 @@ def build_lr_scheduler(cfg: Any, optimizer: torch.optim.Optimizer) -> LRMultipli
         all_steps = [int(s) for s in solver["steps"]]
         steps = [s for s in all_steps if s <= max_iter]
         if len(steps) != len(all_steps):
-            logger.warning("solver.steps %s has values beyond solver.max_iter=%d: they are ignored", all_steps, max_iter)
+            logger.warning(
+                "solver.steps %s has values beyond solver.max_iter=%d: they are ignored", all_steps, max_iter
+            )
         gamma = float(solver["gamma"])
         sched: ParamScheduler = MultiStepParamScheduler(
             values=[gamma**k for k in range(len(steps) + 1)], milestones=steps, num_updates=max_iter

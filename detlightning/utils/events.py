@@ -317,7 +317,7 @@ class TensorboardXWriter(EventWriter):
         self._window_size = window_size
         self._last_write = -1
         try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (tensorboard is optional)
+            from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise ImportError(f"TensorboardXWriter needs the 'tensorboard' package: pip install tensorboard ({e})")
         self._writer = SummaryWriter(os.fspath(log_dir), **kwargs)

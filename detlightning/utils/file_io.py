@@ -66,7 +66,7 @@ class PathManagerBase:
         """``open(path, mode)`` like the builtin; ``encoding``/``errors``/``newline`` kwargs pass through."""
         readonly = not any(c in mode for c in "wax+")
         local = self._local(path, resolve_urls=readonly)
-        return open(local, mode, buffering, **kwargs)  # noqa: SIM115 (caller owns the handle)
+        return open(local, mode, buffering, **kwargs)
 
     def exists(self, path: PathLike, **kwargs: Any) -> bool:
         return os.path.exists(self._local(path, resolve_urls=True))

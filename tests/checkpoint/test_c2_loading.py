@@ -154,7 +154,8 @@ def test_detectron1_detection_blobs_into_model(tmp_path):
     np.testing.assert_array_equal(sd["backbone.fpn_lateral2.weight"].numpy(), blobs["fpn_inner_res2_2_sum_lateral_w"])
     np.testing.assert_array_equal(sd["proposal_generator.rpn_head.conv.weight"].numpy(), blobs["conv_rpn_fpn2_w"])
     np.testing.assert_array_equal(sd["roi_heads.box_head.fc1.weight"].numpy(), blobs["fc6_w"])
-    np.testing.assert_array_equal(sd["roi_heads.box_predictor.cls_score.weight"].numpy(), blobs["cls_score_w"][[1, 2, 0]])
+    cls_score = sd["roi_heads.box_predictor.cls_score.weight"].numpy()
+    np.testing.assert_array_equal(cls_score, blobs["cls_score_w"][[1, 2, 0]])
     np.testing.assert_array_equal(sd["roi_heads.box_predictor.bbox_pred.weight"].numpy(), blobs["bbox_pred_w"][4:])
     np.testing.assert_array_equal(sd["roi_heads.mask_head.predictor.weight"].numpy(), blobs["mask_fcn_logits_w"][1:])
     assert ckpt.incompatible_keys.missing_keys == [] and ckpt.incompatible_keys.unexpected_keys == []

@@ -14,9 +14,6 @@ from detlightning.checkpoint import (
     get_missing_parameters_message,
     get_unexpected_parameters_message,
 )
-from detlightning.checkpoint import checkpointer as checkpointer_mod
-from detlightning.checkpoint import detection_checkpoint as detection_mod
-
 from detlightning.utils import comm
 
 from .toy_models import ToyDetector
@@ -165,9 +162,10 @@ def test_partial_checkpoint_is_reported_not_fatal(tmp_path, caplog):
     assert inc.incorrect_shapes == [("backbone.bottom_up.res2.0.conv1.weight", (5, 4, 1, 1), (4, 4, 1, 1))]
     after = dst.state_dict()
     # skipped and missing keys keep their values; everything else comes from the file
-    assert torch.equal(after["backbone.bottom_up.res2.0.conv1.weight"], before["backbone.bottom_up.res2.0.conv1.weight"])
-    assert torch.equal(after["roi_heads.box_predictor.cls_score.weight"], before["roi_heads.box_predictor.cls_score.weight"])
-    assert torch.equal(after["backbone.bottom_up.stem.conv1.weight"], src.state_dict()["backbone.bottom_up.stem.conv1.weight"])
+    for key in ("backbone.bottom_up.res2.0.conv1.weight", "roi_heads.box_predictor.cls_score.weight"):
+        assert torch.equal(after[key], before[key]), key
+    stem = "backbone.bottom_up.stem.conv1.weight"
+    assert torch.equal(after[stem], src.state_dict()[stem])
     assert torch.equal(after["backbone.bottom_up.stem.conv1.norm.running_mean"],
                        src.state_dict()["backbone.bottom_up.stem.conv1.norm.running_mean"])
 
@@ -178,8 +176,8 @@ def test_load_model_returns_incompatible_keys_namedtuple():
     sd["roi_heads.box_predictor.cls_score.bias"] = torch.zeros(7)
     result = Checkpointer(model)._load_model({"model": sd})
     assert result._fields == ("missing_keys", "unexpected_keys", "incorrect_shapes")
-    assert sorted(result.missing_keys) == ["roi_heads.box_predictor.bbox_pred.bias", "roi_heads.box_predictor.bbox_pred.weight",
-                                           "roi_heads.box_predictor.cls_score.bias"]
+    head = "roi_heads.box_predictor."
+    assert sorted(result.missing_keys) == [head + "bbox_pred.bias", head + "bbox_pred.weight", head + "cls_score.bias"]
     assert result.incorrect_shapes == [("roi_heads.box_predictor.cls_score.bias", (7,), (3,))]
 
 
@@ -257,7 +255,8 @@ def test_periodic_checkpointer(tmp_path):
     for it in range(10):
         periodic.step(it, lr=0.1)
     # saved at iterations 2, 5, 8 (every 3rd) and at 9 (final); the oldest periodic file was deleted
-    assert sorted(p.name for p in tmp_path.glob("*.pth")) == ["model_0000005.pth", "model_0000008.pth", "model_final.pth"]
+    names = sorted(p.name for p in tmp_path.glob("*.pth"))
+    assert names == ["model_0000005.pth", "model_0000008.pth", "model_final.pth"]
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     assert torch.load(tmp_path / "model_0000008.pth", weights_only=True)["iteration"] == 8
     final = torch.load(tmp_path / "model_final.pth", weights_only=True)

@@ -40,7 +40,8 @@ def test_model_zoo_pkl(tmp_path, caplog):
     src, dst = ToyDetector(seed=1), ToyDetector(seed=2)
     path = tmp_path / "model_final_abc.pkl"
     with open(path, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in src.state_dict().items()}, "__author__": "Detectron2 Model Zoo"}, f)
+        arrays = {k: v.numpy() for k, v in src.state_dict().items()}
+        pickle.dump({"model": arrays, "__author__": "Detectron2 Model Zoo"}, f)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         extra = DetectionCheckpointer(dst).load(str(path))
     _assert_same_state(src, dst)

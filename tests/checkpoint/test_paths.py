@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detlightning.checkpoint import DetectionCheckpointer, get_local_path, resolve_url
-from detlightning.checkpoint import paths
+from detlightning.checkpoint import DetectionCheckpointer, get_local_path, paths, resolve_url
 
 from .toy_models import ToyDetector
 

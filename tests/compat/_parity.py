@@ -9,7 +9,6 @@ import importlib.util
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch

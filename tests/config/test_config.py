@@ -26,7 +26,8 @@ def test_groups_compose_like_model_zoo_files():
     assert kp.model.rpn.post_nms_topk_train == 1500  # the model file wins over its base_rcnn_fpn heads
     assert kp.model.resnets.depth == 101
     x = get_cfg(["model=mask_rcnn", "backbone=resnext101_32x8d"])
-    assert (x.model.resnets.num_groups, x.model.resnets.width_per_group, x.model.resnets.stride_in_1x1) == (32, 8, False)
+    resnets = x.model.resnets
+    assert (resnets.num_groups, resnets.width_per_group, resnets.stride_in_1x1) == (32, 8, False)
     assert x.model.backbone.name == "build_resnet_fpn_backbone" and x.model.mask_on
     c4 = get_cfg(["model=faster_rcnn_c4", "backbone=resnet50_c4"])
     assert c4.model.roi_heads.name == "Res5ROIHeads" and c4.model.rpn.pre_nms_topk_test == 6000

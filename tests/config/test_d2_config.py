@@ -413,7 +413,8 @@ def test_train_script_runs_from_d2_yaml(tmp_path: Path) -> None:
     import sys
 
     cmd = [
-        sys.executable, str(REPO_ROOT / "scripts" / "eval.py"), f"d2_config={D2_CONFIGS / 'tiny_shapes_mask_rcnn.yaml'}",
+        sys.executable, str(REPO_ROOT / "scripts" / "eval.py"),
+        f"d2_config={D2_CONFIGS / 'tiny_shapes_mask_rcnn.yaml'}",
         f"model.weights={out / 'checkpoints' / 'model_final.pth'}", f"datasets.shapes.root={tmp_path / 'shapes'}",
         "datasets.shapes.num_train=8", "datasets.shapes.num_val=4", "datasets.shapes.image_size=64", "trainer=cpu",
         "trainer.enable_progress_bar=false", "logger=none", f"hydra.run.dir={tmp_path / 'eval'}",
@@ -423,6 +424,7 @@ def test_train_script_runs_from_d2_yaml(tmp_path: Path) -> None:
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     log = proc.stdout + proc.stderr
     # the yaml's architecture was built: the checkpoint fits it exactly
-    assert "Loading checkpoint from" in log and "incompatible shapes" not in log and "not found in the checkpoint" not in log
+    assert "Loading checkpoint from" in log
+    assert "incompatible shapes" not in log and "not found in the checkpoint" not in log
     ap = results["shapes_val"]["bbox"]["AP"]
     assert f"Final evaluation results, shapes_val: bbox/AP {ap:.2f}" in log

@@ -6,11 +6,9 @@ import numpy as np
 from PIL import Image
 
 from detlightning.data.benchmark import benchmark_train_loader
-
 from tests._scripts import load_script
 
 from .conftest import PREFIX, TINY
-
 
 
 def _load_script():

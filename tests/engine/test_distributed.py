@@ -41,7 +41,8 @@ def test_ddp_spawn_two_processes_cpu(shapes_root: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multirun_two_jobs(shapes_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "-m"] + tiny_overrides(shapes_root, "faster_rcnn") + [
+    script = str(REPO_ROOT / "scripts" / "train.py")
+    cmd = [sys.executable, script, "-m"] + tiny_overrides(shapes_root, "faster_rcnn") + [
         "solver.max_iter=1", "solver.base_lr=0.01,0.02", f"hydra.sweep.dir={sweep}", "logger=csv",
         "datasets.test=[]",
     ]

@@ -20,7 +20,6 @@ from detlightning.export import (
 
 from ._compare import assert_instances_close
 
-
 _EXPORTS: dict[tuple[str, str], str] = {}
 
 

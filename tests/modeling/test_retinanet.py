@@ -7,10 +7,10 @@ import torch
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
 from detlightning.config import get_cfg
+from detlightning.layers import CycleBatchNormList
 from detlightning.modeling import build_model
 from detlightning.modeling.meta_arch import RetinaNet, RetinaNetHead
 from detlightning.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
-from detlightning.layers import CycleBatchNormList
 from detlightning.structures import Boxes, Instances
 from detlightning.utils.events import EventStorage
 
@@ -59,7 +59,7 @@ def test_build_from_config(model: RetinaNet):
     assert [len(a) for a in model.anchor_generator.cell_anchors] == [9] * 5
 
 
-def test_permute_to_N_HWA_K_orders_location_then_anchor():
+def test_permute_to_n_hwa_k_orders_location_then_anchor():
     N, A, K, H, W = 2, 3, 4, 2, 5
     x = torch.arange(N * A * K * H * W, dtype=torch.float32).reshape(N, A * K, H, W)
     out = permute_to_N_HWA_K(x, K)

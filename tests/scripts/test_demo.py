@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 from detlightning.checkpoint import DetectionCheckpointer
 from detlightning.config import get_cfg
 from detlightning.modeling import build_model
-from tests.engine.conftest import tiny_overrides
 from tests._scripts import load_script
+from tests.engine.conftest import tiny_overrides
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "demo.py"

@@ -9,7 +9,6 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import detlightning.conf
-
 from detlightning.solver import (
     build_lr_scheduler,
     build_optimizer,

@@ -37,7 +37,8 @@ def test_warmup_multistep_lr_values():
 
 
 def test_warmup_multistep_lr_constant_warmup_and_order_check():
-    lrs = _lrs(WarmupMultiStepLR(_opt(), milestones=[3], warmup_factor=0.1, warmup_iters=2, warmup_method="constant"), 4)
+    sched = WarmupMultiStepLR(_opt(), milestones=[3], warmup_factor=0.1, warmup_iters=2, warmup_method="constant")
+    lrs = _lrs(sched, 4)
     assert lrs == pytest.approx([0.1, 0.1, 1.0, 0.1])
     with pytest.raises(ValueError, match="increasing"):
         WarmupMultiStepLR(_opt(), milestones=[5, 3])

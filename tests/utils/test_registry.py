@@ -41,7 +41,7 @@ def test_duplicate_name_raises_and_keeps_first():
     with pytest.raises(ValueError, match=r"'Thing'.*'TOY'"):
 
         @reg.register()
-        class Thing:  # noqa: F811 (the point of the test)
+        class Thing:
             pass
 
     assert reg.get("Thing") is first

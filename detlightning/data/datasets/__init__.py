@@ -1,9 +1,9 @@
 """Dataset loaders and registration helpers; importing this package registers the built-in datasets
 (COCO under detectron2's names, and the generated "shapes" dataset)."""
+from . import builtin as _builtin
 from .coco import convert_to_coco_dict, convert_to_coco_json, load_coco_json, load_sem_seg, register_coco_instances
 from .coco_panoptic import load_coco_panoptic_json, register_coco_panoptic, register_coco_panoptic_separated
 from .shapes import generate_shapes, get_shapes_metadata, register_shapes
-from . import builtin as _builtin  # noqa: F401  (registers the built-in datasets)
 
 __all__ = [
     "convert_to_coco_dict",

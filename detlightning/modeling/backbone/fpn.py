@@ -12,9 +12,9 @@ from torch import nn
 
 from ...config.reader import cfg_view
 from ...layers import Conv2d, ShapeSpec, get_norm
+from ...layers.weight_init import c2_xavier_fill
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
-from ...layers.weight_init import c2_xavier_fill
 from .resnet import build_resnet_backbone
 
 __all__ = [

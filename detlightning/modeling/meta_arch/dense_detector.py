@@ -28,7 +28,7 @@ __all__ = ["DenseDetector", "permute_to_N_HWA_K"]
 logger = logging.getLogger(__name__)
 
 
-def permute_to_N_HWA_K(tensor: torch.Tensor, K: int) -> torch.Tensor:
+def permute_to_N_HWA_K(tensor: torch.Tensor, K: int) -> torch.Tensor:  # noqa: N802, N803  (detectron2's name)
     """(N, A*K, H, W) -> (N, H*W*A, K): per-location predictions, location-major then anchor."""
     if tensor.dim() != 4:
         raise ValueError(f"permute_to_N_HWA_K expects an (N, A*K, H, W) tensor, got shape {tuple(tensor.shape)}")

@@ -48,7 +48,9 @@ def require_key(batched_inputs: Sequence[dict], key: str, owner: str, why: str) 
             raise KeyError(f"{owner}: batched_inputs[{i}] has no {key!r} ({why}); its keys are {sorted(x)}")
 
 
-def collect_gt_instances(batched_inputs: Sequence[dict], fields: Sequence[str], device: torch.device, owner: str) -> list:
+def collect_gt_instances(
+    batched_inputs: Sequence[dict], fields: Sequence[str], device: torch.device, owner: str
+) -> list:
     """The ``"instances"`` of every input, checked for ``fields`` and moved to ``device``."""
     require_key(batched_inputs, "instances", owner, "training needs the ground truth")
     out = []
@@ -108,7 +110,9 @@ def _pixel_buffer(values: Sequence[float], name: str) -> torch.Tensor:
     return t.view(-1, 1, 1)
 
 
-def register_pixel_stats(module: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float], owner: str) -> None:
+def register_pixel_stats(
+    module: nn.Module, pixel_mean: Sequence[float], pixel_std: Sequence[float], owner: str
+) -> None:
     """Give ``module`` the (C, 1, 1) float32 buffers ``pixel_mean`` and ``pixel_std`` used by
     :func:`normalize_images`, after checking that both have one value per input channel."""
     mean, std = _pixel_buffer(pixel_mean, "pixel_mean"), _pixel_buffer(pixel_std, "pixel_std")

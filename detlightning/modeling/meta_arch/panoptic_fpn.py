@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config.reader import cfg_view
 from ...config import configurable
+from ...config.reader import cfg_view
 from ...structures import Instances
 from ..postprocessing import detector_postprocess, sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY

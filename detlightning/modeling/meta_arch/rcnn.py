@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config.reader import cfg_view
 from ...config import configurable
+from ...config.reader import cfg_view
 from ...layers import move_device_like
 from ...structures import ImageList, Instances
 from ...utils.events import get_event_storage
@@ -103,7 +103,7 @@ class GeneralizedRCNN(nn.Module):
     def visualize_training(self, batched_inputs: list[dict], proposals: list[Instances]) -> None:
         """Put one image into the EventStorage: the ground-truth boxes (left) next to the 20 best proposals
         (right), both drawn on the input image. Only the first image of the batch is shown."""
-        from torchvision.utils import draw_bounding_boxes  # noqa: PLC0415  (only when visualising)
+        from torchvision.utils import draw_bounding_boxes
 
         storage = get_event_storage()
         max_vis_prop = 20

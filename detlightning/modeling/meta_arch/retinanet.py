@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...config.reader import cfg_view
 from ...config import configurable
+from ...config.reader import cfg_view
 from ...layers import CycleBatchNormList, ShapeSpec, batched_nms, cat, get_norm, sigmoid_focal_loss_jit
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
@@ -288,7 +288,7 @@ class RetinaNetHead(nn.Module):
             logger.info("Using domain-specific %s in RetinaNetHead with len=%d.", norm, self._num_features)
             bn_class = nn.BatchNorm2d if norm == "BN" else nn.SyncBatchNorm
 
-            def norm(c: int) -> nn.Module:  # noqa: F811
+            def norm(c: int) -> nn.Module:
                 return CycleBatchNormList(length=self._num_features, bn_class=bn_class, num_features=c)
 
         elif norm and "BN" in str(type(get_norm(norm, 32))):

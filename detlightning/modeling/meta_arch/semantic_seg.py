@@ -12,9 +12,9 @@ from torch.nn import functional as F
 from ...config import configurable
 from ...config.reader import cfg_view
 from ...layers import Conv2d, ShapeSpec, get_norm
+from ...layers.weight_init import c2_msra_fill
 from ...structures import ImageList
 from ..backbone import Backbone, build_backbone
-from ...layers.weight_init import c2_msra_fill
 from ..build import build_component
 from ..postprocessing import sem_seg_postprocess
 from ..registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY

@@ -1,5 +1,5 @@
 """Proposal generators (detectron2's ``detectron2.modeling.proposal_generator``): the RPN and its heads."""
-from .build import PROPOSAL_GENERATOR_REGISTRY, build_proposal_generator  # noqa: I001  (registry first)
+from .build import PROPOSAL_GENERATOR_REGISTRY, build_proposal_generator
 from .proposal_utils import add_ground_truth_to_proposals, find_top_rpn_proposals
 from .rpn import RPN, RPN_HEAD_REGISTRY, StandardRPNHead, build_rpn_head
 

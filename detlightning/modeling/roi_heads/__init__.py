@@ -1,6 +1,6 @@
 """ROI heads of the R-CNN family (detectron2's ``detectron2.modeling.roi_heads``)."""
-from .cascade_rcnn import CascadeROIHeads
 from .box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead, build_box_head
+from .cascade_rcnn import CascadeROIHeads
 from .fast_rcnn import FastRCNNOutputLayers, fast_rcnn_inference, fast_rcnn_inference_single_image
 from .keypoint_head import (
     ROI_KEYPOINT_HEAD_REGISTRY,

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.autograd.function import Function
 
-from ...config.reader import cfg_view
 from ...config import configurable
+from ...config.reader import cfg_view
 from ...layers import ShapeSpec
 from ...structures import Boxes, Instances, pairwise_iou
 from ...utils.events import get_event_storage
@@ -28,7 +28,7 @@ class _ScaleGradient(Function):
     """Identity forward; multiplies the gradient by ``scale`` on the way back."""
 
     @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: A002
+    def forward(ctx: Any, input: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.scale = scale
         return input
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...config.reader import cfg_view
 from ...config import configurable
+from ...config.reader import cfg_view
 from ...layers import ShapeSpec, batched_nms, cat, cross_entropy, nonzero_tuple
 from ...structures import Boxes, Instances
 from ...utils.events import get_event_storage

@@ -11,9 +11,9 @@ from torch import nn
 from ...config import configurable
 from ...config.reader import cfg_view
 from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, get_norm
+from ...layers.weight_init import c2_msra_fill
 from ...structures import Instances
 from ...utils.events import get_event_storage
-from ...layers.weight_init import c2_msra_fill
 from ..build import build_component
 from ..registry import ROI_MASK_HEAD_REGISTRY
 
