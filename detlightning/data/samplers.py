@@ -38,7 +38,32 @@ def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return resolved
 
 
-class TrainingSampler(Sampler[int]):
+class _InfiniteSampler(Sampler[int]):
+    """An endless stream of epochs, each ``_epoch(generator)`` (shuffled when ``shuffle``), from one generator seeded
+    with the shared seed; process ``rank`` takes every ``world_size``-th index."""
+
+    _seed: int
+    _shuffle: bool
+    _rank: int
+    _world_size: int
+
+    def _epoch(self, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self) -> Iterator[int]:
+        g = torch.Generator()
+        g.manual_seed(self._seed)
+        while True:
+            indices = self._epoch(g)
+            if self._shuffle:
+                indices = indices[torch.randperm(len(indices), generator=g)]
+            yield from indices.tolist()
+
+
+class TrainingSampler(_InfiniteSampler):
     """Infinite indices in ``[0, size)``: epochs of ``randperm(size)`` (or ``arange`` without shuffle) from a
     generator seeded with ``seed``, split across processes by taking every ``world_size``-th element.
 
@@ -65,17 +90,8 @@ class TrainingSampler(Sampler[int]):
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank, self._world_size = _placement(rank, world_size)
 
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            if self._shuffle:
-                yield from torch.randperm(self._size, generator=g).tolist()
-            else:
-                yield from range(self._size)
+    def _epoch(self, generator: torch.Generator) -> torch.Tensor:
+        return torch.arange(self._size)
 
 
 class RandomSubsetTrainingSampler(TrainingSampler):
@@ -105,18 +121,11 @@ class RandomSubsetTrainingSampler(TrainingSampler):
         self._indexes_subset = torch.randperm(self._size, generator=g)[: self._size_subset]
         logger.info("Using RandomSubsetTrainingSampler: %d of %d samples", self._size_subset, self._size)
 
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            if self._shuffle:
-                randperm = torch.randperm(self._size_subset, generator=g)
-                yield from self._indexes_subset[randperm].tolist()
-            else:
-                yield from self._indexes_subset.tolist()
+    def _epoch(self, generator: torch.Generator) -> torch.Tensor:
+        return self._indexes_subset
 
 
-class RepeatFactorTrainingSampler(Sampler[int]):
+class RepeatFactorTrainingSampler(_InfiniteSampler):
     """Like ``TrainingSampler``, but image ``i`` appears ``repeat_factors[i]`` times per epoch on average
     (``floor(r)`` times plus once more with probability ``r - floor(r)``, redrawn each epoch)."""
 
@@ -165,21 +174,11 @@ class RepeatFactorTrainingSampler(Sampler[int]):
         rep_factors = self._int_part + (rands < self._frac_part).float()
         return torch.repeat_interleave(torch.arange(len(rep_factors)), rep_factors.long())
 
-    def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
-
-    def _infinite_indices(self) -> Iterator[int]:
-        g = torch.Generator()
-        g.manual_seed(self._seed)
-        while True:
-            indices = self._get_epoch_indices(g)
-            if len(indices) == 0:
-                raise ValueError("RepeatFactorTrainingSampler: every repeat factor rounded to 0 in this epoch")
-            if self._shuffle:
-                randperm = torch.randperm(len(indices), generator=g)
-                yield from indices[randperm].tolist()
-            else:
-                yield from indices.tolist()
+    def _epoch(self, generator: torch.Generator) -> torch.Tensor:
+        indices = self._get_epoch_indices(generator)
+        if len(indices) == 0:
+            raise ValueError("RepeatFactorTrainingSampler: every repeat factor rounded to 0 in this epoch")
+        return indices
 
 
 class InferenceSampler(Sampler[int]):

@@ -135,16 +135,20 @@ def _get_global_gloo_group() -> Any:
     return dist.group.WORLD
 
 
+def _object_group(group: Any) -> tuple[Any, int]:
+    """(group, its size) for object collectives: ``group``, else all ranks over gloo; size 1 without distributed."""
+    if get_world_size() == 1:
+        return None, 1
+    group = _get_global_gloo_group() if group is None else group
+    return group, dist.get_world_size(group=group)
+
+
 def all_gather(data: Any, group: Any = None) -> list[Any]:
     """Gather picklable ``data`` from every rank; returns ``[data_rank0, data_rank1, ...]`` on every rank.
 
     ``group``: a process group (default: all ranks over gloo). Without distributed, ``[data]``.
     """
-    if get_world_size() == 1:
-        return [data]
-    if group is None:
-        group = _get_global_gloo_group()
-    world_size = dist.get_world_size(group=group)
+    group, world_size = _object_group(group)
     if world_size == 1:
         return [data]
     output: list[Any] = [None] * world_size
@@ -157,19 +161,13 @@ def gather(data: Any, dst: int = 0, group: Any = None) -> list[Any]:
 
     Without distributed, ``[data]``.
     """
-    if get_world_size() == 1:
-        return [data]
-    if group is None:
-        group = _get_global_gloo_group()
-    world_size = dist.get_world_size(group=group)
+    group, world_size = _object_group(group)
     if world_size == 1:
         return [data]
-    if dist.get_rank(group=group) == dst:
-        output: list[Any] = [None] * world_size
-        dist.gather_object(data, output, dst=dst, group=group)
-        return output
-    dist.gather_object(data, None, dst=dst, group=group)
-    return []
+    is_dst = dist.get_rank(group=group) == dst
+    output: list[Any] | None = [None] * world_size if is_dst else None
+    dist.gather_object(data, output, dst=dst, group=group)
+    return output if output is not None else []
 
 
 def shared_random_seed() -> int:
