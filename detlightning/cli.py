@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import apply_d2_config, get_cfg
+from .config import apply_d2_config, compose
 from .config.config import hydra_task_overrides
 from .config.d2_compat import command_line_keys
 from .data.datasets.shapes import register_shapes_from_cfg
@@ -42,7 +42,7 @@ def setup_cfg(cfg_or_overrides: DictConfig | Sequence[str], overrides: Sequence[
         given = list(overrides) if overrides is not None else hydra_task_overrides()
     else:
         given = list(cfg_or_overrides) if overrides is None else list(overrides)
-        cfg = get_cfg(list(cfg_or_overrides))
+        cfg = compose(list(cfg_or_overrides))
     if OmegaConf.select(cfg, "d2_config", default=None):
         cfg = apply_d2_config(cfg, keep=command_line_keys(given))
     register_shapes_from_cfg(cfg)

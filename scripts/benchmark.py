@@ -56,7 +56,7 @@ def _synthetic_sample(height: int, width: int, num_boxes: int = 4, seed: int = 0
 def bench_rcnn(args: argparse.Namespace) -> None:
     import torchvision
 
-    from detlightning.config import get_cfg
+    from detlightning.config import compose
     from detlightning.modeling import build_model
     from detlightning.structures import BitMasks, Boxes, Instances
     from detlightning.utils.events import EventStorage
@@ -67,7 +67,7 @@ def bench_rcnn(args: argparse.Namespace) -> None:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, threads {torch.get_num_threads()}, "
           f"input {h}x{w}")
 
-    cfg = get_cfg(["model=mask_rcnn", "backbone=resnet50", "data=coco", "model.device=cpu"])
+    cfg = compose(["model=mask_rcnn", "backbone=resnet50", "data=coco", "model.device=cpu"])
     ours = build_model(cfg)
     tv = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
     # same input for both: torchvision takes RGB floats in [0, 1] and resizes to min_size=800 itself

@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_MODULE = "detlightning.conf"
 
-__all__ = ["CONFIG_MODULE", "config_groups", "get_cfg", "hydra_task_overrides"]
+__all__ = ["CONFIG_MODULE", "config_groups", "compose", "hydra_task_overrides"]
 
 
 @contextlib.contextmanager
@@ -27,17 +27,19 @@ def _fresh_global_hydra() -> Iterator[None]:
             GlobalHydra.instance().initialize(saved)
 
 
-def get_cfg(overrides: Sequence[str] | None = None, config_name: str = "config") -> DictConfig:
-    """The composed config: detectron2's defaults (lower-cased keys) plus the selected config groups.
+def compose(overrides: Sequence[str] | None = None, config_name: str = "config") -> DictConfig:
+    """detlightning's Hydra config, composed without a command line: detectron2's defaults (lower-cased keys) plus
+    the selected config groups (what ``scripts/train.py`` receives for the same overrides).
 
     ``overrides`` use Hydra's command-line syntax, e.g. ``["model=mask_rcnn", "backbone=resnet50",
     "model.roi_heads.num_classes=3"]``. The result is in struct mode: reading or writing a key that does not exist
     raises, as does an unknown group option (Hydra's message lists the valid choices).
     """
-    from hydra import compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
 
     with _fresh_global_hydra(), initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides or []))
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -183,12 +183,12 @@ _BASE_CACHE: dict[tuple[str, ...], DictConfig] = {}
 
 
 def _base_config(choices: list[str]) -> DictConfig:
-    """``get_cfg(choices)``, cached (composition costs ~0.3 s); never modify the returned config."""
-    from .config import get_cfg
+    """``compose(choices)``, cached (composition costs ~0.3 s); never modify the returned config."""
+    from .config import compose
 
     key = tuple(choices)
     if key not in _BASE_CACHE:
-        _BASE_CACHE[key] = get_cfg(choices)
+        _BASE_CACHE[key] = compose(choices)
     return _BASE_CACHE[key]  # read-only: callers merge into a new config
 
 

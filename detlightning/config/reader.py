@@ -48,9 +48,9 @@ def is_cfg_node(obj: Any) -> bool:
 @functools.lru_cache(maxsize=1)
 def _own_defaults() -> DictConfig:
     """detlightning's default composition: where a CfgNode's missing detlightning-only keys are read from."""
-    from .config import get_cfg
+    from .config import compose
 
-    return get_cfg([])
+    return compose([])
 
 
 def _walk(node: Any, parts: list[str]) -> Any:

@@ -43,7 +43,7 @@ class DetectionModule(LightningModule):
     """Train / evaluate / predict a detection model built from ``cfg``.
 
     Args:
-        cfg: the composed config (``detlightning.config.get_cfg(...)``) or its plain-dict form. It is saved as the
+        cfg: the composed config (``detlightning.config.compose(...)``) or its plain-dict form. It is saved as the
             hyperparameter ``cfg`` (a plain dict), so ``DetectionModule.load_from_checkpoint(path)`` rebuilds the
             same model in one call.
 

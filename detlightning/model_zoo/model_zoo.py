@@ -10,14 +10,22 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from ..checkpoint import DetectionCheckpointer
 from ..config import CfgNode, get_d2_cfg, to_detlightning_cfg
 from ..modeling import build_model
 
-__all__ = ["get", "get_checkpoint_url", "get_config", "get_config_file", "get_d2_config", "list_configs"]
+__all__ = [
+    "get",
+    "get_checkpoint_url",
+    "get_config",
+    "get_config_file",
+    "get_d2_config",
+    "get_hydra_config",
+    "list_configs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +154,8 @@ def get_config_file(config_path: str) -> str:
     return str(path)
 
 
-def get_d2_config(config_path: str, trained: bool = False) -> CfgNode:
-    """The model-zoo config as detectron2's ``CfgNode`` (what ``detectron2.model_zoo.get_config`` returns).
+def get_config(config_path: str, trained: bool = False) -> CfgNode:
+    """The model-zoo config as detectron2's ``CfgNode``, as ``detectron2.model_zoo.get_config`` returns it.
 
     Args:
         trained: set ``MODEL.WEIGHTS`` to the released trained model instead of the file's ImageNet backbone.
@@ -159,10 +167,13 @@ def get_d2_config(config_path: str, trained: bool = False) -> CfgNode:
     return cfg
 
 
-def get_config(config_path: str, trained: bool = False) -> DictConfig:
+get_d2_config = get_config  # the name earlier detlightning versions used for the CfgNode
+
+
+def get_hydra_config(config_path: str, trained: bool = False) -> DictConfig:
     """The model-zoo config converted to detlightning's Hydra config (``model.weights`` is the trained model's
-    URL when ``trained``, else the file's ImageNet backbone). ``get_d2_config`` gives the ``CfgNode``."""
-    return to_detlightning_cfg(get_d2_config(config_path, trained=trained))
+    URL when ``trained``, else the file's ImageNet backbone), e.g. to train it with the Lightning engine."""
+    return to_detlightning_cfg(get_config(config_path, trained=trained))
 
 
 def get(config_path: str, trained: bool = False, device: str | None = None) -> nn.Module:
@@ -181,9 +192,9 @@ def get(config_path: str, trained: bool = False, device: str | None = None) -> n
     cfg = get_config(config_path, trained=trained)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    OmegaConf.update(cfg, "model.device", device)
+    cfg.MODEL.DEVICE = device
     model = build_model(cfg)
-    weights = cfg.model.weights
+    weights = cfg.MODEL.WEIGHTS
     if weights:
         DetectionCheckpointer(model).load(weights)
     else:

@@ -78,10 +78,10 @@ def c2_backbone(arch: str) -> tuple[dict, dict]:
 
 
 def build(arch: str):
-    from detlightning.config import get_cfg
+    from detlightning.config import compose
     from detlightning.modeling import build_model
 
-    cfg = get_cfg(ARCH_OVERRIDES[arch] + ["model.device=cpu"])
+    cfg = compose(ARCH_OVERRIDES[arch] + ["model.device=cpu"])
     return build_model(cfg).eval()
 
 

@@ -28,10 +28,10 @@ def _need_compat(compat_dir):
 
 @functools.lru_cache(maxsize=None)
 def _model(arch: str):
-    from detlightning.config import get_cfg
+    from detlightning.config import compose
     from detlightning.modeling import build_model
 
-    return build_model(get_cfg(OVERRIDES[arch] + ["model.device=cpu"])).eval()
+    return build_model(compose(OVERRIDES[arch] + ["model.device=cpu"])).eval()
 
 
 @functools.lru_cache(maxsize=None)

@@ -124,7 +124,7 @@ def test_rpn_proposals_match_detectron2(arch):
 
 @pytest.mark.parametrize("arch", WITH_OUTPUTS)
 def test_model_built_from_a_detectron2_cfgnode_matches_detectron2(arch):
-    """detectron2's own flow: get_cfg() + merge_from_file(model-zoo yaml) + build_model(cfg). The CfgNode is read in
+    """detectron2's own flow: compose() + merge_from_file(model-zoo yaml) + build_model(cfg). The CfgNode is read in
     place (detlightning.config.reader), never converted to our Hydra config."""
     from detlightning import model_zoo
     from detlightning.config import get_d2_cfg

@@ -16,7 +16,7 @@ from detlightning.config import (
     D2_KEY_MAP,
     CfgNode,
     apply_d2_config,
-    get_cfg,
+    compose,
     get_d2_cfg,
     load_d2_config,
     to_detlightning_cfg,
@@ -158,7 +158,7 @@ def test_merge_from_file_errors_name_the_key_and_file(tmp_path: Path) -> None:
 def test_key_map_covers_every_detectron2_key_and_targets_exist() -> None:
     d2_keys = set(get_d2_cfg().flatten())
     assert set(D2_KEY_MAP) == d2_keys
-    ours = get_cfg(["data=coco"])
+    ours = compose(["data=coco"])
     for d2_key, target in D2_KEY_MAP.items():
         if target is not None:
             assert OmegaConf.select(ours, target, default="<missing>") != "<missing>", (d2_key, target)
@@ -207,7 +207,7 @@ def _merge(path: Path, *overrides: str) -> CfgNode:
 def test_model_zoo_yaml_equals_our_experiment_preset() -> None:
     """The converted detectron2 file and our Hydra preset for the same model-zoo entry agree on every setting."""
     converted = to_detlightning_cfg(_d2_mask_cfg())
-    preset = get_cfg(["experiment=mask_rcnn_R_50_FPN_3x"])
+    preset = compose(["experiment=mask_rcnn_R_50_FPN_3x"])
     for section in ("model", "input", "datasets", "solver", "test"):
         assert OmegaConf.to_container(converted[section]) == OmegaConf.to_container(preset[section]), section
     assert converted.dataloader.ims_per_batch == preset.dataloader.ims_per_batch == 16
@@ -240,7 +240,7 @@ def test_load_d2_config_with_overrides() -> None:
 
 
 def test_apply_d2_config_keeps_run_settings(tmp_path: Path) -> None:
-    hydra_cfg = get_cfg(["solver.base_lr=0.5", "paths.output_dir=/runs/a", "trainer=cpu", "logger=none",
+    hydra_cfg = compose(["solver.base_lr=0.5", "paths.output_dir=/runs/a", "trainer=cpu", "logger=none",
                          "datasets.shapes.num_train=8"])
     out = apply_d2_config(hydra_cfg, MASK_YAML, keep=["solver.base_lr"])
     assert out.solver.base_lr == 0.5  # kept: given on the command line
@@ -290,9 +290,9 @@ def _features(height: int, width: int) -> dict[str, torch.Tensor]:
 
 
 def test_snippet_rpn_from_build_proposal_generator() -> None:
-    cfg = _d2_mask_cfg()  # cfg = get_cfg(); cfg.merge_from_file(...)
+    cfg = _d2_mask_cfg()  # cfg = compose(); cfg.merge_from_file(...)
     rpn = build_proposal_generator(cfg, _fpn_shapes())
-    reference = build_proposal_generator(get_cfg(MASK_HYDRA), _fpn_shapes())
+    reference = build_proposal_generator(compose(MASK_HYDRA), _fpn_shapes())
     reference.load_state_dict(rpn.state_dict())
     images = ImageList(torch.zeros(1, 3, 64, 96), [(64, 96)])
     features = _features(64, 96)
@@ -321,7 +321,7 @@ def test_snippet_standard_roi_heads_from_build_roi_heads() -> None:
     heads = build_roi_heads(cfg, shapes)
     assert isinstance(heads, StandardROIHeads) and heads.mask_on
     reference = build_roi_heads(
-        get_cfg(MASK_HYDRA + ["model.roi_heads.score_thresh_test=0.0", "test.detections_per_image=10"]), shapes
+        compose(MASK_HYDRA + ["model.roi_heads.score_thresh_test=0.0", "test.detections_per_image=10"]), shapes
     )
     reference.load_state_dict(heads.state_dict())
     features = {k: v for k, v in _features(64, 96).items() if k != "p6"}
@@ -351,7 +351,7 @@ def test_snippet_model_from_model_zoo_yaml() -> None:
     cfg.MODEL.DEVICE = "cpu"
     cfg.merge_from_list(["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "10"])
     model = build_model(cfg)
-    reference = build_model(get_cfg(["experiment=mask_rcnn_R_50_FPN_3x", "model.roi_heads.score_thresh_test=0.0",
+    reference = build_model(compose(["experiment=mask_rcnn_R_50_FPN_3x", "model.roi_heads.score_thresh_test=0.0",
                                      "test.detections_per_image=10", "model.device=cpu"]))
     state = model.state_dict()
     for key, value in state.items():  # damp the untrained ResNet (identity frozen BN) so activations stay finite
@@ -388,7 +388,7 @@ def test_converted_model_has_detectron2_state_dict(compat_dir: Path, yaml_path: 
 def test_train_script_runs_from_d2_yaml(tmp_path: Path) -> None:
     train_script = load_script("train")
     out = tmp_path / "run"
-    cfg = get_cfg([
+    cfg = compose([
         f"d2_config={D2_CONFIGS / 'tiny_shapes_mask_rcnn.yaml'}",
         f"datasets.shapes.root={tmp_path / 'shapes'}", "datasets.shapes.num_train=8", "datasets.shapes.num_val=4",
         "datasets.shapes.image_size=64", "trainer=cpu", "trainer.enable_progress_bar=false",

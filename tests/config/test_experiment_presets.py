@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from detlightning import model_zoo
-from detlightning.config import get_cfg
+from detlightning.config import compose
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "detlightning" / "conf" / "experiment"
 # model-config nodes a meta-architecture does not read
@@ -34,8 +34,8 @@ def test_every_model_zoo_entry_has_a_preset() -> None:
 def test_preset_equals_converted_model_zoo_yaml(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the model-zoo files use nothing we do not support
-        converted = model_zoo.get_config(name)
-    preset = get_cfg([f"experiment={Path(name).stem}", f"model.device={converted.model.device}"])
+        converted = model_zoo.get_hydra_config(name)
+    preset = compose([f"experiment={Path(name).stem}", f"model.device={converted.model.device}"])
     for section in ("model", "input", "datasets", "solver", "test"):
         got, want = OmegaConf.to_container(preset[section]), OmegaConf.to_container(converted[section])
         if section == "model":  # sub-configs of heads the architecture never builds may differ (detectron2 too)

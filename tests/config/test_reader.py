@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from detlightning.config import get_cfg, get_d2_cfg
+from detlightning.config import compose, get_d2_cfg
 from detlightning.config.reader import CfgView, cfg_get, cfg_view
 from detlightning.layers import ShapeSpec
 from detlightning.modeling import ROI_BOX_HEAD_REGISTRY, build_model
@@ -85,7 +85,7 @@ def test_registered_component_receives_the_users_cfgnode():
 
 
 def test_dictconfig_builds_unchanged():
-    cfg = get_cfg(["model=faster_rcnn", "model.resnets.depth=18", "model.resnets.res2_out_channels=64"])
+    cfg = compose(["model=faster_rcnn", "model.resnets.depth=18", "model.resnets.res2_out_channels=64"])
     assert cfg_view(cfg) is cfg
     assert build_model(cfg).roi_heads.box_predictor.cls_score.out_features == cfg.model.roi_heads.num_classes + 1
 
@@ -100,6 +100,6 @@ def test_every_key_library_code_reads_is_defined_in_the_config_files():
     pkg = Path(__file__).resolve().parents[2] / "detlightning"
     keys = {m for p in pkg.rglob("*.py") for m in re.findall(r'cfg_get\([\w.]+, "([\w.]+)"', p.read_text())}
     assert len(keys) > 30
-    defaults = get_cfg([])
+    defaults = compose([])
     missing = sorted(k for k in keys - optional if OmegaConf.select(defaults, k, default="<absent>") == "<absent>")
     assert not missing, f"keys read in code but defined in no config file: {missing}"

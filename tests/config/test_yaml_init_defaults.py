@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.modeling import build_model
 
 KNOWN_DIFFERENCES = {
@@ -73,7 +73,7 @@ def from_config_calls() -> list[tuple[Any, dict[str, Any]]]:
     configurable_module._get_args_from_config = recording
     try:
         for overrides in MODELS:
-            build_model(get_cfg(overrides + ["data=coco", "model.resnets.depth=50"]))
+            build_model(compose(overrides + ["data=coco", "model.resnets.depth=50"]))
     finally:
         configurable_module._get_args_from_config = original
     return calls

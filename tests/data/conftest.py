@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.data import DatasetCatalog
 from detlightning.data.datasets.shapes import register_shapes
 
@@ -43,9 +43,9 @@ def make_cfg(*overrides: str, root: Path | None = None):
         extra.append(f"datasets.shapes.root={root}")
     try:
         # once config.yaml lists the data group in its defaults
-        return get_cfg(["data=shapes", *extra, *overrides])
+        return compose(["data=shapes", *extra, *overrides])
     except Exception:
-        return get_cfg(["+data=shapes", *extra, *overrides])
+        return compose(["+data=shapes", *extra, *overrides])
 
 
 @pytest.fixture()

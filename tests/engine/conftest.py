@@ -66,10 +66,10 @@ def train_script() -> ModuleType:
 def mask_rcnn_run(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory, train_script: ModuleType):
     """4 training steps of a tiny Mask R-CNN through scripts/train.py's run(), with training-batch visualisation
     every 2 iterations; (cfg, results, output_dir)."""
-    from detlightning.config import get_cfg
+    from detlightning.config import compose
 
     out = tmp_path_factory.mktemp("mask_rcnn_run")
-    cfg = get_cfg(tiny_overrides(shapes_root) + [f"paths.output_dir={out}", "vis_period=2"])
+    cfg = compose(tiny_overrides(shapes_root) + [f"paths.output_dir={out}", "vis_period=2"])
     results = train_script.run(cfg)
     return cfg, results, out
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.engine import train
 
 from .conftest import REPO_ROOT, tiny_overrides
@@ -20,7 +20,7 @@ from .conftest import REPO_ROOT, tiny_overrides
 def test_ddp_spawn_two_processes_cpu(shapes_root: Path, tmp_path: Path) -> None:
     """2 processes x 1 image = the same 2-image batches and optimizer steps as one process; one evaluation over
     all validation images, gathered on rank 0."""
-    cfg = get_cfg(
+    cfg = compose(
         tiny_overrides(shapes_root, "faster_rcnn")
         + ["trainer=ddp_spawn", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
            "solver.max_iter=3", f"paths.output_dir={tmp_path}", "logger=csv", "callbacks.metrics_writer.period=1"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.engine import train
 
 from .conftest import tiny_overrides
@@ -39,7 +39,7 @@ CASES = {
 @pytest.mark.parametrize("model", sorted(CASES))
 def test_model_config_trains_and_evaluates(model: str, shapes_root: Path, tmp_path: Path) -> None:
     extra, loss_keys, metric_groups = CASES[model]
-    cfg = get_cfg(
+    cfg = compose(
         tiny_overrides(shapes_root, model)
         + extra
         + [f"paths.output_dir={tmp_path}", "solver.max_iter=2", "callbacks.metrics_writer.period=1", "logger=csv"]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from detlightning.checkpoint import DetectionCheckpointer
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.engine import DefaultPredictor
 from detlightning.modeling import build_model
 
@@ -21,7 +21,7 @@ IMG_H, IMG_W, NEW_H, NEW_W = 40, 60, 64, 96
 
 
 def _cfg(shapes_root: Path, *extra: str):
-    return get_cfg(tiny_overrides(shapes_root) + [
+    return compose(tiny_overrides(shapes_root) + [
         "input.min_size_test=64", "input.max_size_test=200",
         "model.roi_heads.score_thresh_test=0.0",  # a random model: keep its low-score detections
         *extra,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.engine import DetectionModule, evaluate, train
 
 from .conftest import REPO_ROOT, tiny_overrides
@@ -82,7 +82,7 @@ def test_load_from_checkpoint_roundtrip(mask_rcnn_run) -> None:
 
 def test_eval_only_reproduces_final_results(mask_rcnn_run, tmp_path: Path) -> None:
     cfg, results, out = mask_rcnn_run
-    cfg2 = get_cfg(
+    cfg2 = compose(
         tiny_overrides(Path(cfg.datasets.shapes.root))
         + [f"paths.output_dir={tmp_path}", f"model.weights={out / 'checkpoints' / 'model_final.pth'}", "eval_only=true"]
     )
@@ -99,7 +99,7 @@ def test_resume_continues_from_last_checkpoint(mask_rcnn_run, tmp_path: Path) ->
     cfg, _, out = mask_rcnn_run
     run_dir = tmp_path / "run"
     shutil.copytree(out, run_dir)
-    cfg2 = get_cfg(
+    cfg2 = compose(
         tiny_overrides(Path(cfg.datasets.shapes.root))
         + [f"paths.output_dir={run_dir}", "resume=true", "solver.max_iter=6", "solver.checkpoint_period=100"]
     )
@@ -128,7 +128,7 @@ class _NaNLossModule(DetectionModule):
 
 
 def test_nan_loss_stops_with_named_error(shapes_root: Path, tmp_path: Path) -> None:
-    cfg = get_cfg(tiny_overrides(shapes_root, model="faster_rcnn") + [f"paths.output_dir={tmp_path}"])
+    cfg = compose(tiny_overrides(shapes_root, model="faster_rcnn") + [f"paths.output_dir={tmp_path}"])
     with pytest.raises(FloatingPointError, match=r"iteration=0.*loss_cls"):
         train(cfg, module_cls=_NaNLossModule)
 
@@ -160,14 +160,14 @@ def test_train_script_faster_rcnn_subprocess(shapes_root: Path, tmp_path: Path) 
 )
 def test_unknown_group_option_lists_choices(override: str, expected: list[str]) -> None:
     with pytest.raises(Exception) as info:
-        get_cfg([override])
+        compose([override])
     for word in expected:
         assert word in str(info.value)
 
 
 def test_unknown_key_fails() -> None:
     with pytest.raises(Exception, match="bogus_lr"):
-        get_cfg(["solver.bogus_lr=1"])
+        compose(["solver.bogus_lr=1"])
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_unknown_key_fails() -> None:
 )
 def test_model_zoo_presets(name: str, mask_on: bool, steps: list[int], max_iter: int) -> None:
     """Schedules of detectron2's model zoo (configs/COCO-*/..._R_50_FPN_{1x,3x}.yaml + Base-RCNN-FPN.yaml)."""
-    cfg = get_cfg([f"experiment={name}"])
+    cfg = compose([f"experiment={name}"])
     assert cfg.model.mask_on is mask_on
     assert list(cfg.solver.steps) == steps and cfg.solver.max_iter == max_iter
     assert cfg.solver.base_lr == 0.02 and cfg.dataloader.ims_per_batch == 16 and cfg.solver.optimizer == "SGD"

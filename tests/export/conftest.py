@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.data.datasets.shapes import ShapesParams, _draw_image
 from detlightning.modeling import build_model
 from tests.engine.conftest import tiny_overrides
@@ -32,7 +32,7 @@ def tiny_model_cfg(arch: str):
         o for o in tiny_overrides(None, model)  # type: ignore[arg-type]
         if o.startswith(("model", "input")) and not o.startswith("model.resnets.norm")
     ]
-    return get_cfg(model_keys + ["model.resnets.norm=GN", "model.fpn.norm=GN"] + extra)
+    return compose(model_keys + ["model.resnets.norm=GN", "model.fpn.norm=GN"] + extra)
 
 
 def build_tiny_model(arch: str) -> nn.Module:

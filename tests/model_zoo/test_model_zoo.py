@@ -102,7 +102,8 @@ def test_checkpoint_urls() -> None:
         url = f"{S3}{name[: -len('.yaml')]}/{suffix}"
         assert model_zoo.get_checkpoint_url(name) == url
         assert model_zoo.get_checkpoint_url(name[: -len(".yaml")]) == url  # the extension is optional
-        assert model_zoo.get_config(name, trained=True).model.weights == url
+        assert model_zoo.get_hydra_config(name, trained=True).model.weights == url
+        assert model_zoo.get_config(name, trained=True).MODEL.WEIGHTS == url
         assert model_zoo.get_d2_config(name, trained=True).MODEL.WEIGHTS == url
     for name in STANDARD:  # every shipped standard entry has a released model
         assert re.fullmatch(rf"{re.escape(S3 + name[:-5])}/\d+/model_final_[0-9a-f]{{6}}\.pkl",

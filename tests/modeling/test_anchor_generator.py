@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.anchor_generator import DefaultAnchorGenerator, build_anchor_generator
 from detlightning.structures import Boxes
@@ -83,7 +83,7 @@ def test_cell_anchors_not_in_state_dict_but_follow_device() -> None:
 
 
 def test_from_config_default_c4() -> None:
-    cfg = get_cfg(["model=faster_rcnn_c4", "backbone=resnet50_c4"])  # C4: 5 sizes x 3 ratios on one map
+    cfg = compose(["model=faster_rcnn_c4", "backbone=resnet50_c4"])  # C4: 5 sizes x 3 ratios on one map
     gen = build_anchor_generator(cfg, [ShapeSpec(channels=1024, stride=16)])
     assert isinstance(gen, DefaultAnchorGenerator)
     assert gen.num_anchors == [15] and gen.strides == [16] and gen.offset == 0.0
@@ -92,7 +92,7 @@ def test_from_config_default_c4() -> None:
 
 
 def test_from_config_fpn() -> None:
-    cfg = get_cfg(["backbone=resnet50"])
+    cfg = compose(["backbone=resnet50"])
     shapes = [ShapeSpec(channels=256, stride=s) for s in (4, 8, 16, 32, 64)]
     gen = DefaultAnchorGenerator(cfg, shapes)
     assert gen.num_anchors == [3] * 5 and gen.strides == [4, 8, 16, 32, 64]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone, ResNet, build_backbone
 
@@ -49,7 +49,7 @@ def test_defaults_and_output_shape() -> None:
 
 
 def test_build_backbone_by_registry_name() -> None:
-    cfg = get_cfg(["model.backbone.name=_toy_builder", "model.pixel_mean=[1.0,2.0,3.0,4.0]"])
+    cfg = compose(["model.backbone.name=_toy_builder", "model.pixel_mean=[1.0,2.0,3.0,4.0]"])
     b = build_backbone(cfg)  # input channels default to len(pixel_mean)
     assert isinstance(b, _ToyBackbone) and b.conv.in_channels == 4
     b = build_backbone(cfg, ShapeSpec(channels=2))
@@ -57,18 +57,18 @@ def test_build_backbone_by_registry_name() -> None:
 
 
 def test_build_backbone_rejects_non_backbone() -> None:
-    cfg = get_cfg(["model.backbone.name=_not_a_backbone"])
+    cfg = compose(["model.backbone.name=_not_a_backbone"])
     with pytest.raises(TypeError, match="_not_a_backbone.*Backbone"):
         build_backbone(cfg)
 
 
 def test_build_backbone_unknown_name() -> None:
-    cfg = get_cfg(["model.backbone.name=no_such_backbone"])
+    cfg = compose(["model.backbone.name=no_such_backbone"])
     with pytest.raises(KeyError, match="no_such_backbone"):
         build_backbone(cfg)
 
 
 def test_default_configs_build_registered_backbones() -> None:
-    assert isinstance(build_backbone(get_cfg()), FPN)  # default group: resnet50 (+ FPN)
-    c4 = build_backbone(get_cfg(["backbone=resnet50_c4"]))
+    assert isinstance(build_backbone(compose()), FPN)  # default group: resnet50 (+ FPN)
+    c4 = build_backbone(compose(["backbone=resnet50_c4"]))
     assert isinstance(c4, ResNet) and not isinstance(c4, FPN)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.roi_heads.box_head import FastRCNNConvFCHead, build_box_head
 
@@ -61,14 +61,14 @@ def test_head_needs_a_layer():
 
 
 def test_build_box_head_from_config():
-    cfg = get_cfg(["model=mask_rcnn", "backbone=resnet50", "model.roi_box_head.fc_dim=32"])
+    cfg = compose(["model=mask_rcnn", "backbone=resnet50", "model.roi_box_head.fc_dim=32"])
     head = build_box_head(cfg, ShapeSpec(channels=16, height=7, width=7))
     assert isinstance(head, FastRCNNConvFCHead)
     assert head.fc1.weight.shape == (32, 16 * 7 * 7) and head.fc2.weight.shape == (32, 32)
     assert head.output_shape.channels == 32
 
     # the GN "4conv1fc" variant of Misc/mask_rcnn_R_50_FPN_3x_gn
-    cfg = get_cfg(
+    cfg = compose(
         [
             "model=mask_rcnn",
             "backbone=resnet50",

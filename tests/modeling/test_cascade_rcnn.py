@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.modeling import build_model
 from detlightning.modeling.roi_heads import CascadeROIHeads
 from detlightning.modeling.roi_heads.cascade_rcnn import _ScaleGradient
@@ -28,7 +28,7 @@ STAGE_KEYS = {f"{k}_stage{s}" for k in ("loss_cls", "loss_box_reg") for s in ran
 
 def _model(*extra: str):
     torch.manual_seed(0)
-    return build_model(get_cfg([*TINY, *extra]))
+    return build_model(compose([*TINY, *extra]))
 
 
 def _image(seed: int = 0) -> torch.Tensor:

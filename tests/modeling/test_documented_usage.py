@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from detlightning.checkpoint import DetectionCheckpointer
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling import BACKBONE_REGISTRY, Backbone, build_model
 from detlightning.structures import BitMasks, Boxes, Instances
@@ -42,7 +42,7 @@ def _sample(seed: int = 0, size: int = 96) -> dict:
 
 def test_build_save_load_and_predict_at_requested_size(tmp_path, caplog):
     torch.manual_seed(0)
-    cfg = get_cfg(["model=mask_rcnn", *TINY])
+    cfg = compose(["model=mask_rcnn", *TINY])
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model_999")
     assert (tmp_path / "model_999.pth").is_file()
@@ -70,7 +70,7 @@ def test_build_save_load_and_predict_at_requested_size(tmp_path, caplog):
 def test_training_losses_fall_over_a_few_sgd_steps():
     torch.manual_seed(0)
     # from scratch (no ImageNet weights offline), so a trainable norm in the backbone, as for scratch training
-    model = build_model(get_cfg(["model=mask_rcnn", *TINY, "model.resnets.norm=GN", "model.backbone.freeze_at=0"]))
+    model = build_model(compose(["model=mask_rcnn", *TINY, "model.resnets.norm=GN", "model.backbone.freeze_at=0"]))
     model.train()
     batch = [_sample()]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
@@ -106,7 +106,7 @@ class ToyBackbone(Backbone):
 
 
 def test_user_registered_backbone_is_selected_by_name():
-    cfg = get_cfg([
+    cfg = compose([
         "model=faster_rcnn",
         *TINY,
         "model.backbone.name=ToyBackbone",
@@ -126,13 +126,13 @@ def test_user_registered_backbone_is_selected_by_name():
 
 def test_unknown_component_name_lists_registered_ones():
     with pytest.raises(KeyError, match="build_resnet_fpn_backbone"):
-        build_model(get_cfg(["model.backbone.name=NoSuchBackbone"]))
+        build_model(compose(["model.backbone.name=NoSuchBackbone"]))
 
 
 def test_partial_execution_snippet():
     # detectron2 docs, "Use Models": run parts of the model by hand
     torch.manual_seed(0)
-    model = build_model(get_cfg(["model=mask_rcnn", *TINY])).eval()
+    model = build_model(compose(["model=mask_rcnn", *TINY])).eval()
     inputs = [{"image": _sample()["image"]}]
     with torch.no_grad():
         images = model.preprocess_image(inputs)

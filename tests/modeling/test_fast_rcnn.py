@@ -234,9 +234,9 @@ def test_predictor_inference_and_predict_boxes():
 
 
 def test_from_config_reads_its_keys():
-    from detlightning.config import get_cfg
+    from detlightning.config import compose
 
-    cfg = get_cfg(
+    cfg = compose(
         [
             "model=mask_rcnn",
             "backbone=resnet50",

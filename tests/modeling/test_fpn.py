@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.backbone import (
     BACKBONE_REGISTRY,
@@ -107,7 +107,7 @@ def test_invalid_arguments() -> None:
 
 
 def test_resnet_fpn_outputs_p2_to_p6() -> None:
-    cfg = get_cfg(["backbone=resnet50"])
+    cfg = compose(["backbone=resnet50"])
     fpn = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)).eval()
     assert fpn.output_shape() == {f"p{k}": ShapeSpec(channels=256, stride=2**k) for k in range(2, 7)}
     assert fpn.size_divisibility == 32
@@ -122,7 +122,7 @@ def test_resnet_fpn_outputs_p2_to_p6() -> None:
 
 def test_retinanet_fpn_outputs_p3_to_p7() -> None:
     assert BACKBONE_REGISTRY.get("build_retinanet_resnet_fpn_backbone") is build_retinanet_resnet_fpn_backbone
-    cfg = get_cfg(["backbone=resnet50", *RETINANET])
+    cfg = compose(["backbone=resnet50", *RETINANET])
     fpn = build_backbone(cfg).eval()
     assert isinstance(fpn.top_block, LastLevelP6P7) and fpn.top_block.in_feature == "res5"
     assert fpn.output_shape() == {f"p{k}": ShapeSpec(channels=256, stride=2**k) for k in range(3, 8)}
@@ -138,7 +138,7 @@ def test_retinanet_fpn_outputs_p3_to_p7() -> None:
 
 
 def test_gn_fpn_has_no_bias() -> None:
-    cfg = get_cfg(
+    cfg = compose(
         ["backbone=resnet50", "model.resnets.depth=18", "model.resnets.res2_out_channels=64", "model.fpn.norm=GN"]
     )
     fpn = build_resnet_fpn_backbone(cfg, ShapeSpec(channels=3))
@@ -167,7 +167,7 @@ MANIFEST_CASES = {
 def test_state_dict_matches_manifest(arch: str, compat_dir: Path) -> None:
     manifest = json.loads((compat_dir / arch / "manifest.json").read_text())
     expected = {k: tuple(v) for k, v in manifest["shapes"].items() if k.startswith("backbone.")}
-    backbone = build_backbone(get_cfg(MANIFEST_CASES[arch]))
+    backbone = build_backbone(compose(MANIFEST_CASES[arch]))
     got = {f"backbone.{k}": tuple(v.shape) for k, v in backbone.state_dict().items()}
     assert sorted(set(got) - set(expected)) == [], "unexpected keys"
     assert sorted(set(expected) - set(got)) == [], "missing keys"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.roi_heads.keypoint_head import (
     KRCNNConvDeconvUpsampleHead,
@@ -115,14 +115,14 @@ def test_head_forward_train_and_eval():
 
 
 def test_build_keypoint_head_from_config():
-    cfg = get_cfg(
+    cfg = compose(
         ["model=keypoint_rcnn", "backbone=resnet50", "data=coco_keypoints", "model.roi_keypoint_head.conv_dims=[16,16]"]
     )
     head = build_keypoint_head(cfg, ShapeSpec(channels=8, height=14, width=14))
     assert isinstance(head, KRCNNConvDeconvUpsampleHead)
     assert head.score_lowres.weight.shape == (16, 17, 4, 4)
     assert head.loss_normalizer == "visible"
-    cfg = get_cfg(
+    cfg = compose(
         [
             "model=keypoint_rcnn",
             "backbone=resnet50",

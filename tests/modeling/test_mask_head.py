@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.roi_heads.mask_head import (
     MaskRCNNConvUpsampleHead,
@@ -127,7 +127,7 @@ def test_conv_upsample_head_shapes_names_and_forward():
 
 
 def test_build_mask_head_from_config_gn_and_agnostic():
-    cfg = get_cfg(
+    cfg = compose(
         [
             "model=mask_rcnn",
             "backbone=resnet50",
@@ -143,5 +143,5 @@ def test_build_mask_head_from_config_gn_and_agnostic():
     assert head.predictor.weight.shape == (3, 32, 1, 1)
     assert head.vis_period == 0 and head.loss_weight == 1.0
 
-    cfg = get_cfg(["model=mask_rcnn", "backbone=resnet50", "model.roi_mask_head.cls_agnostic_mask=true"])
+    cfg = compose(["model=mask_rcnn", "backbone=resnet50", "model.roi_mask_head.cls_agnostic_mask=true"])
     assert build_mask_head(cfg, ShapeSpec(channels=8)).predictor.out_channels == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.modeling import build_model
 from detlightning.modeling.meta_arch import PanopticFPN, combine_semantic_and_instance_outputs
 from detlightning.structures import BitMasks, Boxes, Instances
@@ -28,7 +28,7 @@ TINY = [
 
 def _model(*extra: str) -> PanopticFPN:
     torch.manual_seed(0)
-    return build_model(get_cfg([*TINY, *extra]))
+    return build_model(compose([*TINY, *extra]))
 
 
 def _image(h: int = 64, w: int = 64, seed: int = 0) -> torch.Tensor:

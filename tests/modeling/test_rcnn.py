@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.modeling.meta_arch import META_ARCH_REGISTRY, GeneralizedRCNN, ProposalNetwork, build_model
 from detlightning.structures import Boxes, Instances
 from detlightning.utils.events import EventStorage, EventStorageError
@@ -23,7 +23,7 @@ TINY = [
 
 
 def _cfg(model: str = "faster_rcnn", *extra: str):
-    return get_cfg([f"model={model}", *TINY, *extra])
+    return compose([f"model={model}", *TINY, *extra])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import FrozenBatchNorm2d, ShapeSpec
 from detlightning.modeling.backbone import BasicStem, BottleneckBlock, ResNet, build_resnet_backbone, make_stage
 from detlightning.modeling.backbone.resnet import BasicBlock
@@ -18,7 +18,7 @@ ALL = "[res2,res3,res4,res5]"
 
 
 def _cfg(*overrides: str):
-    return get_cfg(["backbone=resnet50_c4", *overrides])
+    return compose(["backbone=resnet50_c4", *overrides])
 
 
 def _r18_cfg(*overrides: str):
@@ -247,7 +247,7 @@ def test_matches_torchvision(tv_name: str, overrides: list[str]) -> None:
 def test_c4_state_dict_matches_manifest(compat_dir: Path) -> None:
     manifest = json.loads((compat_dir / "faster_rcnn_R_50_C4" / "manifest.json").read_text())
     expected = {k: tuple(v) for k, v in manifest["shapes"].items() if k.startswith("backbone.")}
-    model = build_resnet_backbone(get_cfg(["model=faster_rcnn", "backbone=resnet50_c4"]), ShapeSpec(channels=3))
+    model = build_resnet_backbone(compose(["model=faster_rcnn", "backbone=resnet50_c4"]), ShapeSpec(channels=3))
     got = {f"backbone.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(got) - set(expected)) == [] and sorted(set(expected) - set(got)) == []
     assert got == expected

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import CycleBatchNormList
 from detlightning.modeling import build_model
 from detlightning.modeling.meta_arch import RetinaNet, RetinaNetHead
@@ -26,7 +26,7 @@ TINY = [
 
 def _model(*extra: str) -> RetinaNet:
     torch.manual_seed(0)
-    return build_model(get_cfg([*TINY, *extra]))
+    return build_model(compose([*TINY, *extra]))
 
 
 @pytest.fixture(scope="module")

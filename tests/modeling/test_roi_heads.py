@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.matcher import Matcher
 from detlightning.modeling.roi_heads import (
@@ -129,7 +129,7 @@ def test_select_foreground_and_visible_keypoints():
 
 
 def _tiny_cfg(model: str, *extra: str):
-    return get_cfg(
+    return compose(
         [
             f"model={model}",
             "backbone=resnet50",
@@ -284,7 +284,7 @@ def test_roi_heads_errors():
 
 
 def _tiny_c4_cfg(*extra: str):
-    return get_cfg(
+    return compose(
         [
             "model=mask_rcnn_c4",
             "backbone=resnet50_c4",
@@ -361,7 +361,7 @@ def test_state_dict_matches_detectron2_manifest(arch: str, compat_dir: Path):
         assert manifest["detectron2_config"] == "Misc/mask_rcnn_R_50_FPN_3x_gn.yaml"
     expected = {k: list(v) for k, v in manifest["shapes"].items() if k.startswith("roi_heads.")}
     overrides, input_shape = CASES[arch]
-    heads = build_roi_heads(get_cfg(overrides), input_shape)
+    heads = build_roi_heads(compose(overrides), input_shape)
     ours = {f"roi_heads.{k}": list(v.shape) for k, v in heads.state_dict().items()}
     assert sorted(set(ours) - set(expected)) == [], "keys detectron2 does not have"
     assert sorted(set(expected) - set(ours)) == [], "detectron2 keys we lack"

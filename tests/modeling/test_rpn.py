@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling.anchor_generator import DefaultAnchorGenerator
 from detlightning.modeling.box_regression import Box2BoxTransform
@@ -65,7 +65,7 @@ def test_standard_rpn_head_applies_relu_after_the_hidden_conv():
 
 
 def test_from_config_builds_detectron2_names():
-    cfg = get_cfg(["model=faster_rcnn", "backbone=resnet50"])
+    cfg = compose(["model=faster_rcnn", "backbone=resnet50"])
     shapes = {f"p{i}": ShapeSpec(channels=16, stride=2**i) for i in range(2, 7)}
     rpn = build_proposal_generator(cfg, shapes)
     assert isinstance(rpn, RPN)
@@ -78,7 +78,7 @@ def test_from_config_builds_detectron2_names():
     with pytest.raises(KeyError, match="does not output"):
         build_proposal_generator(cfg, {"p2": shapes["p2"]})
     # PrecomputedProposals: no proposal generator (Fast R-CNN)
-    assert build_proposal_generator(get_cfg(["model=fast_rcnn"]), shapes) is None
+    assert build_proposal_generator(compose(["model=fast_rcnn"]), shapes) is None
 
 
 # --------------------------------------------------------------------------------------------- RPN inference

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.layers import ShapeSpec
 from detlightning.modeling import build_model
 from detlightning.modeling.meta_arch import SemanticSegmentor, SemSegFPNHead
@@ -23,7 +23,7 @@ TINY = [
 
 def _model(*extra: str) -> SemanticSegmentor:
     torch.manual_seed(0)
-    return build_model(get_cfg([*TINY, *extra]))
+    return build_model(compose([*TINY, *extra]))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from detlightning.checkpoint import DetectionCheckpointer
-from detlightning.config import get_cfg
+from detlightning.config import compose
 from detlightning.modeling import build_model
 from tests._scripts import load_script
 from tests.engine.conftest import tiny_overrides
@@ -39,7 +39,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "test.detections_per_image=10",
     ]
     torch.manual_seed(0)
-    DetectionCheckpointer(build_model(get_cfg(overrides)), save_dir=str(root)).save("model")
+    DetectionCheckpointer(build_model(compose(overrides)), save_dir=str(root)).save("model")
     images = root / "images"
     images.mkdir()
     for i, size in enumerate([(72, 56), (60, 80)]):  # (W, H)
