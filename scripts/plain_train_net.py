@@ -189,8 +189,6 @@ def do_train(cfg: DictConfig, model: nn.Module, resume: bool = False) -> Ordered
     periodic_checkpointer = PeriodicCheckpointer(
         checkpointer, checkpoint_period if checkpoint_period > 0 else max_iter + 1, max_iter=max_iter
     )
-    clip_cfg = OmegaConf.select(cfg, "solver.clip_gradients", default=None)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     writers = build_writers(cfg, max_iter)
 
     results: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -215,13 +213,11 @@ def do_train(cfg: DictConfig, model: nn.Module, resume: bool = False) -> Ordered
             optimizer.zero_grad(set_to_none=True)
             if grad_scaler is not None:
                 grad_scaler.scale(losses).backward()
-                grad_scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                solver.clip_gradients(params, clip_cfg)
+                # step() clips (solver.clip_gradients, see build_optimizer) the unscaled gradients
                 grad_scaler.step(optimizer)
                 grad_scaler.update()
             else:
                 losses.backward()
-                solver.clip_gradients(params, clip_cfg)
                 optimizer.step()
             # the LR this iteration used; the schedule is per iteration
             storage.put_scalar("lr", optimizer.param_groups[0]["lr"], smoothing_hint=False)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..evaluation.testing import flatten_results_dict
-from ..solver import build_lr_scheduler, build_optimizer, clip_gradients
+from ..solver import build_lr_scheduler, build_optimizer, clip_gradients, clips_gradients
 from ..utils.events import EventStorage
 
 __all__ = ["DetectionModule", "cfg_to_container"]
@@ -144,10 +144,12 @@ class DetectionModule(LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        # Runs after AMP unscaling; solver.clip_gradients wins over the Trainer's gradient_clip_val.
+        # Runs after AMP unscaling. solver.clip_gradients wins over the Trainer's gradient_clip_val: the optimizer
+        # from build_optimizer clips in its own step(); one from an overridden build_optimizer is clipped here.
         clip_cfg = OmegaConf.select(self.cfg, "solver.clip_gradients")
         if clip_cfg is not None and clip_cfg.get("enabled", False):
-            clip_gradients(itertools.chain(*[g["params"] for g in optimizer.param_groups]), clip_cfg)
+            if not clips_gradients(optimizer):
+                clip_gradients(itertools.chain(*[g["params"] for g in optimizer.param_groups]), clip_cfg)
         else:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

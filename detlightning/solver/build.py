@@ -26,6 +26,7 @@ __all__ = [
     "build_lr_scheduler",
     "build_optimizer",
     "clip_gradients",
+    "clips_gradients",
     "get_default_optimizer_params",
     "maybe_add_gradient_clipping",
     "reduce_param_groups",
@@ -134,6 +135,8 @@ def clip_gradients(params: Iterable[nn.Parameter], clip_cfg: Any) -> None:
     value = float(clip_cfg.get("clip_value", 1.0))
     norm_type = float(clip_cfg.get("norm_type", 2.0))
     params = [p for p in params if p.grad is not None]
+    if not params:
+        return
     if clip_type == GradientClipType.VALUE:
         torch.nn.utils.clip_grad_value_(params, value)
     elif clip_type == GradientClipType.NORM:
@@ -150,25 +153,39 @@ def maybe_add_gradient_clipping(cfg: Any, optimizer: torch.optim.Optimizer) -> t
     for plain-PyTorch loops); ``optimizer`` itself when clipping is disabled.
 
     The optimizer's class is swapped for a subclass with a clipping ``step``, so it stays a real
-    ``torch.optim.Optimizer`` (LR schedulers and ``state_dict`` work as before). ``DetectionModule`` clips in
-    ``configure_gradient_clipping`` instead, after AMP unscaling, and does not use this.
+    ``torch.optim.Optimizer`` (LR schedulers and ``state_dict`` work as before). Under AMP, unscale the gradients
+    before ``step`` (``GradScaler.step`` does; Lightning's mixed precision does). :func:`build_optimizer` applies
+    this, as detectron2's does; applying it twice clips once.
     """
     clip_cfg = cfg_get(cfg, "solver.clip_gradients")
-    if not clip_cfg or not clip_cfg.get("enabled", False):
+    if not clip_cfg or not clip_cfg.get("enabled", False) or clips_gradients(optimizer):
         return optimizer
     base_cls = type(optimizer)
 
     def step(self: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
+        # a closure (Lightning passes one) computes the gradients: run it first, clip, then step
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         clip_gradients([p for group in self.param_groups for p in group["params"]], clip_cfg)
-        return base_cls.step(self, closure)
+        base_cls.step(self)
+        return loss
 
-    optimizer.__class__ = type(base_cls.__name__ + "WithGradientClip", (base_cls,), {"step": step})
+    attrs = {"step": step, "_gradient_clipping": True}
+    optimizer.__class__ = type(base_cls.__name__ + "WithGradientClip", (base_cls,), attrs)
     return optimizer
+
+
+def clips_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    """True when ``optimizer.step()`` clips gradients itself (:func:`maybe_add_gradient_clipping`)."""
+    return bool(getattr(type(optimizer), "_gradient_clipping", False))
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
 def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov) or AdamW over ``get_default_optimizer_params`` groups, from ``cfg.solver``."""
+    """SGD (momentum, nesterov) or AdamW over ``get_default_optimizer_params`` groups, from ``cfg.solver``; its
+    ``step()`` clips gradients first when ``solver.clip_gradients.enabled`` (as detectron2's ``build_optimizer``)."""
     solver = cfg_get(cfg, "solver")
     base_lr = float(solver["base_lr"])
     backbone_mult = float(solver["backbone_multiplier"])
@@ -188,14 +205,16 @@ def build_optimizer(cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
     name = str(solver["optimizer"]).lower()
     weight_decay = float(solver["weight_decay"])
     if name == "sgd":
-        return torch.optim.SGD(
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
             params, lr=base_lr, momentum=float(solver["momentum"]), nesterov=bool(solver["nesterov"]),
             weight_decay=weight_decay,
         )
-    if name == "adamw":
-        return torch.optim.AdamW(
+    elif name == "adamw":
+        optimizer = torch.optim.AdamW(
             params, lr=base_lr, betas=tuple(solver["betas"]), eps=float(solver["eps"]), weight_decay=weight_decay
         )
-    raise ValueError(f"Unknown solver.optimizer {solver['optimizer']!r}: expected SGD or AdamW")
+    else:
+        raise ValueError(f"Unknown solver.optimizer {solver['optimizer']!r}: expected SGD or AdamW")
+    return maybe_add_gradient_clipping(cfg, optimizer)
 
 

@@ -163,3 +163,27 @@ def test_clip_disabled_and_unknown() -> None:
     assert a.grad.tolist() == [3.0, 4.0]
     with pytest.raises(ValueError, match="bogus"):
         clip_gradients([a, b], dict(enabled=True, clip_type="bogus", clip_value=0.1))
+
+
+def test_build_optimizer_applies_gradient_clipping_like_detectron2() -> None:
+    """detectron2's build_optimizer returns an optimizer whose step() clips (SOLVER.CLIP_GRADIENTS); a CfgNode
+    config works as well as ours."""
+    from detlightning.config import get_cfg
+    from detlightning.solver import clips_gradients, maybe_add_gradient_clipping
+
+    cfg = get_cfg()
+    cfg.SOLVER.BASE_LR, cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY = 1.0, 0.0, 0.0
+    net = nn.Linear(2, 1, bias=False)
+    opt = build_optimizer(cfg, net)
+    assert not clips_gradients(opt)  # disabled by default
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 0.25
+    opt = build_optimizer(cfg, net)
+    assert clips_gradients(opt) and isinstance(opt, torch.optim.SGD)
+    assert maybe_add_gradient_clipping(cfg, opt) is opt and type(opt).__mro__.count(type(opt)) == 1
+    before = net.weight.detach().clone()
+    net.weight.grad = torch.tensor([[2.0, -0.1]])
+    opt.step()
+    # the step used the clipped gradient [0.25, -0.1] with lr 1
+    torch.testing.assert_close(net.weight.detach(), before - torch.tensor([[0.25, -0.1]]))
