@@ -18,13 +18,17 @@ from .defaults import (
     build_callbacks,
     build_loggers,
     build_trainer,
+    create_ddp_model,
+    default_argument_parser,
     default_setup,
+    default_writers,
     evaluate,
     find_resume_checkpoint,
     prepare_cfg,
     primary_metric,
     train,
 )
+from .launch import launch
 from .module import DetectionModule
 from .predictor import DefaultPredictor
 
@@ -42,9 +46,13 @@ __all__ = [
     "build_callbacks",
     "build_loggers",
     "build_trainer",
+    "create_ddp_model",
+    "default_argument_parser",
     "default_setup",
+    "default_writers",
     "evaluate",
     "find_resume_checkpoint",
+    "launch",
     "prepare_cfg",
     "primary_metric",
     "train",

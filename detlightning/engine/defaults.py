@@ -7,16 +7,20 @@
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..config.reader import cfg_get
 from ..utils import comm
+from ..utils.events import CommonMetricPrinter, EventWriter, JSONWriter, TensorboardXWriter
 from .module import DetectionModule
 from .predictor import DefaultPredictor
 
@@ -25,7 +29,10 @@ __all__ = [
     "build_callbacks",
     "build_loggers",
     "build_trainer",
+    "create_ddp_model",
+    "default_argument_parser",
     "default_setup",
+    "default_writers",
     "evaluate",
     "find_resume_checkpoint",
     "prepare_cfg",
@@ -55,22 +62,33 @@ def prepare_cfg(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def default_setup(cfg: DictConfig) -> int:
-    """Create the output dir, save the config there (``config.yaml``), configure logging when no Hydra app did,
-    and seed every RNG (``seed`` < 0: a random one). Returns the seed used."""
+def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> int:
+    """What every training script does first (detectron2's ``default_setup(cfg, args)``): create the output dir
+    (``paths.output_dir`` / ``OUTPUT_DIR``), save the config there (``config.yaml``), configure logging when no
+    Hydra app did, log the command-line ``args`` and the environment, seed every RNG (``seed`` < 0: a random one)
+    and apply ``CUDNN_BENCHMARK``. Takes our ``DictConfig`` or a detectron2 ``CfgNode``. Returns the seed used."""
     from lightning.pytorch import seed_everything
 
-    out = cfg.paths.output_dir
+    out = str(cfg_get(cfg, "paths.output_dir", None) or "./output")
     rank = comm.get_rank()
     if rank == 0:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.yaml"), "w") as f:
-            f.write(OmegaConf.to_yaml(cfg, resolve=True))
+            f.write(OmegaConf.to_yaml(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg.dump())
     if not logging.getLogger().handlers:  # not under Hydra (which configures the root logger)
         from ..utils.logger import setup_logger
 
         setup_logger(out, distributed_rank=rank, name="detlightning")
-    seed = int(OmegaConf.select(cfg, "seed", default=-1))
+    logger.info("Rank of current process: %d. World size: %d", rank, comm.get_world_size())
+    if args is not None:
+        logger.info("Command line arguments: %s", args)
+        config_file = getattr(args, "config_file", "")
+        if config_file and os.path.isfile(config_file):
+            with open(config_file) as f:
+                logger.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
+    if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig) and "CUDNN_BENCHMARK" in cfg:
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    seed = int(cfg_get(cfg, "seed", -1))
     if seed < 0:
         from ..utils.env import seed_all_rng
 
@@ -218,3 +236,53 @@ def _print_final(results: Mapping[str, Any]) -> None:
             logger.info("Final evaluation results, %s: %s", name, " | ".join(parts) or dict(res))
         else:  # ddp_spawn: the flat metrics logged by the child processes
             logger.info("Final evaluation results: %s = %s", name, res)
+
+
+def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """detectron2's command line for training scripts: ``--config-file``, ``--resume``, ``--eval-only``,
+    ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url`` and trailing ``KEY VALUE`` pairs
+    (``opts``, for ``cfg.merge_from_list``)."""
+    parser = argparse.ArgumentParser(
+        epilog=epilog or f"Example: {sys.argv[0]} --config-file cfg.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 16",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to the config file")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in OUTPUT_DIR instead of loading MODEL.WEIGHTS")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS and exit")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU)")
+    parser.add_argument("--num-machines", type=int, default=1, help="machines taking part")
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's index (0 is the master)")
+    parser.add_argument("--dist-url", default="auto",
+                        help="rendezvous URL, tcp://<master ip>:<port>; 'auto' picks a free local port")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.01")
+    return parser
+
+
+def default_writers(output_dir: str, max_iter: int | None = None) -> list[EventWriter]:
+    """detectron2's default event writers: the console line, ``<output_dir>/metrics.json`` and TensorBoard."""
+    os.makedirs(output_dir, exist_ok=True)
+    return [
+        CommonMetricPrinter(max_iter),
+        JSONWriter(os.path.join(output_dir, "metrics.json")),
+        TensorboardXWriter(output_dir),
+    ]
+
+
+def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, **kwargs: Any) -> torch.nn.Module:
+    """``model`` wrapped in ``DistributedDataParallel`` when more than one process runs (on this process's CUDA
+    device when there is one), else ``model`` itself. ``fp16_compression`` halves gradient traffic;
+    ``kwargs`` go to ``DistributedDataParallel``."""
+    if comm.get_world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if torch.cuda.is_available() and "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    ddp = DistributedDataParallel(model, **kwargs)
+    if fp16_compression:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
