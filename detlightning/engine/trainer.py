@@ -254,7 +254,9 @@ class DefaultTrainer(TrainerBase):
         if isinstance(evaluators, DatasetEvaluator):
             evaluators = [evaluators]
         if evaluators is not None and len(evaluators) != len(names):
-            raise ValueError(f"DefaultTrainer.test: {len(evaluators)} evaluators for {len(names)} test datasets {names}")
+            raise ValueError(
+                f"DefaultTrainer.test: {len(evaluators)} evaluators for {len(names)} test datasets {names}"
+            )
         results: OrderedDict[str, Any] = OrderedDict()
         for i, name in enumerate(names):
             evaluator = evaluators[i] if evaluators is not None else cls.build_evaluator(cfg, name)
