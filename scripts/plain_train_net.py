@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import sys
 import time
@@ -64,6 +63,7 @@ from detlightning.utils.events import (
     EventWriter,
     JSONWriter,
     TensorboardXWriter,
+    check_losses_finite,
 )
 from detlightning.utils.logger import setup_logger
 
@@ -136,17 +136,6 @@ def flat_metrics(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ training
-def check_losses_finite(loss_dict: Mapping[str, torch.Tensor], iteration: int) -> dict[str, float]:
-    """The losses as floats; ``FloatingPointError`` naming every NaN/inf loss and the iteration."""
-    values = {k: float(v.detach().float().sum()) for k, v in loss_dict.items()}
-    bad = [k for k, v in values.items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(
-            f"Loss became infinite or NaN at iteration={iteration}: {', '.join(bad)} (loss_dict = {values})"
-        )
-    return values
-
-
 def build_writers(cfg: DictConfig, max_iter: int) -> list[EventWriter]:
     """Console line, ``metrics.json`` and TensorBoard, as detectron2's ``default_writers``."""
     out = cfg.paths.output_dir

@@ -30,8 +30,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from ..layers.batch_norm import update_bn_stats
 from ..utils import comm
 from ..utils.events import CommonMetricPrinter, EventStorage, JSONWriter
+from .hooks import LRScheduler
 
 __all__ = [
     "BestCheckpointer",
@@ -98,14 +100,14 @@ class IterationTimer(Callback):
 
 
 class LRLogger(Callback):
-    """Log the LR used by this iteration as ``lr`` (the group with the most parameters, as detectron2 picks)."""
+    """Log the LR used by this iteration as ``lr`` (of the param group detectron2's ``LRScheduler`` hook picks:
+    ``hooks.LRScheduler.get_best_param_group_id``)."""
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if not trainer.optimizers:
             return
-        groups = trainer.optimizers[0].param_groups
-        best = max(groups, key=lambda g: len(g["params"]))
-        lr = float(best["lr"])
+        optimizer = trainer.optimizers[0]
+        lr = float(optimizer.param_groups[LRScheduler.get_best_param_group_id(optimizer)]["lr"])
         # DetectionModule.training_step forwards this iteration's storage scalars to self.log
         _storage(pl_module).put_scalar("lr", lr, smoothing_hint=False, cur_iter=trainer.global_step)
 
@@ -318,33 +320,7 @@ class PreciseBN(Callback):
             logger.warning("PreciseBN needs a DetectionDataModule (build_train_loader); skipped")
             return
         logger.info("Running PreciseBN over %d iterations ...", self.num_iter)
-        data = iter(dm.build_train_loader())
-        was_training = model.training
-        momenta = [bn.momentum for bn in bns]
-        means = [torch.zeros_like(bn.running_mean) for bn in bns]
-        variances = [torch.zeros_like(bn.running_var) for bn in bns]
-        model.train()
-        for bn in bns:
-            bn.momentum = 1.0  # running stats = this batch's stats; averaged below
-        try:
-            with torch.no_grad(), EventStorage(trainer.global_step):
-                for _ in range(self.num_iter):
-                    model(next(data))
-                    for i, bn in enumerate(bns):
-                        means[i] += bn.running_mean / self.num_iter
-                        variances[i] += bn.running_var / self.num_iter
-        finally:
-            for bn, m in zip(bns, momenta):
-                bn.momentum = m
-            model.train(was_training)
-        world = comm.get_world_size()
-        for bn, mean, var in zip(bns, means, variances):
-            if world > 1:
-                torch.distributed.all_reduce(mean)
-                torch.distributed.all_reduce(var)
-                mean, var = mean / world, var / world
-            bn.running_mean.copy_(mean)
-            bn.running_var.copy_(var)
+        update_bn_stats(model, dm.build_train_loader(), self.num_iter, bn_modules=bns)
 
 
 class VisualizePredictions(Callback):

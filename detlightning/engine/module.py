@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -22,7 +21,7 @@ from torch import nn
 
 from ..evaluation.testing import flatten_results_dict
 from ..solver import build_lr_scheduler, build_optimizer, clip_gradients, clips_gradients
-from ..utils.events import EventStorage
+from ..utils.events import EventStorage, check_losses_finite
 
 __all__ = ["DetectionModule", "cfg_to_container"]
 
@@ -112,13 +111,7 @@ class DetectionModule(LightningModule):
         stacked = torch.stack([v.detach().float().sum() for v in loss_dict.values()])
         if self._trainer is not None and self.trainer.world_size > 1:
             stacked = self.trainer.strategy.reduce(stacked, reduce_op="mean")
-        values = dict(zip(loss_dict.keys(), stacked.tolist()))
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(
-                f"Loss became infinite or NaN at iteration={self.global_step}: {', '.join(bad)} "
-                f"(loss_dict = {values})"
-            )
+        values = check_losses_finite(dict(zip(loss_dict.keys(), stacked.tolist())), self.global_step)
         losses = sum(loss_dict.values())
         total = sum(values.values())
         storage.put_scalars(total_loss=total, **values)

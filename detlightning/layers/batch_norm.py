@@ -1,14 +1,22 @@
-"""Normalisation layers: FrozenBatchNorm2d and the ``get_norm`` factory used by every configurable block."""
+"""Normalisation layers: FrozenBatchNorm2d and the ``get_norm`` factory used by every configurable block; the
+precise-BN statistics (``update_bn_stats``) that the PreciseBN hook and callback share."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CycleBatchNormList", "FrozenBatchNorm2d", "get_norm", "NaiveSyncBatchNorm"]
+__all__ = [
+    "CycleBatchNormList",
+    "FrozenBatchNorm2d",
+    "NaiveSyncBatchNorm",
+    "get_bn_modules",
+    "get_norm",
+    "update_bn_stats",
+]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -147,3 +155,77 @@ class CycleBatchNormList(nn.ModuleList):
 
     def extra_repr(self) -> str:
         return f"affine={self._affine}"
+
+
+# ------------------------------------------------------------------------------------------------- precise BN
+def get_bn_modules(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that are in training mode and keep running statistics: the ones whose
+    statistics :func:`update_bn_stats` recomputes (FrozenBatchNorm2d is not a BatchNorm and never listed)."""
+    return [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+
+
+@torch.no_grad()
+def update_bn_stats(
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    num_iter: int = 200,
+    bn_modules: Sequence[nn.modules.batchnorm._BatchNorm] | None = None,
+) -> None:
+    """Set ``running_mean`` / ``running_var`` of ``bn_modules`` (default: :func:`get_bn_modules`) to the plain
+    average of the batch statistics of ``num_iter`` batches, instead of the exponential moving average that
+    training leaves there ("precise BN").
+
+    Each batch goes through ``model(batch)`` in training mode without gradients; whatever the model puts into an
+    ``EventStorage`` meanwhile is discarded. Under ``torch.distributed`` the averages are also averaged over the
+    processes, so every process must call this. The model's mode and the layers' momenta are restored.
+    ``ValueError`` when ``data_loader`` yields fewer than ``num_iter`` batches.
+    """
+    from ..utils import comm
+    from ..utils.events import EventStorage
+
+    bns = list(get_bn_modules(model) if bn_modules is None else bn_modules)
+    if not bns or num_iter <= 0:
+        return
+    was_training = model.training
+    momenta = [bn.momentum for bn in bns]
+    means = [torch.zeros_like(bn.running_mean) for bn in bns]
+    variances = [torch.zeros_like(bn.running_var) for bn in bns]
+    # a failed run (data exhausted, model error) must not leave one batch's statistics behind
+    saved = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    model.train()
+    for bn in bns:
+        bn.momentum = 1.0  # running stats := this batch's stats, summed up below
+    batches = iter(data_loader)
+    try:
+        with EventStorage():
+            for done in range(num_iter):
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise ValueError(
+                        f"update_bn_stats needs num_iter={num_iter} batches, the data loader gave only {done}"
+                    ) from None
+                model(batch)
+                for i, bn in enumerate(bns):
+                    means[i] += bn.running_mean / num_iter
+                    variances[i] += bn.running_var / num_iter
+    except BaseException:
+        for bn, (mean, var) in zip(bns, saved):
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(var)
+        raise
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    world = comm.get_world_size()
+    for bn, mean, var in zip(bns, means, variances):
+        if world > 1:
+            torch.distributed.all_reduce(mean)
+            torch.distributed.all_reduce(var)
+            mean, var = mean / world, var / world
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "HistoryBuffer",
     "JSONWriter",
     "TensorboardXWriter",
+    "check_losses_finite",
     "get_event_storage",
     "has_event_storage",
 ]
@@ -69,6 +71,24 @@ def _to_float(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError) as e:
         raise TypeError(f"scalar {name!r} must be convertible to float, got {type(value).__name__}: {e}") from None
+
+
+def check_losses_finite(loss_dict: Mapping[str, Any], iteration: int) -> dict[str, float]:
+    """The losses of one iteration as floats (a tensor counts as the sum of its elements); ``FloatingPointError``
+    naming every NaN/inf loss, the iteration and the whole loss dict.
+
+    The one check that the plain loops (``SimpleTrainer``, ``scripts/plain_train_net.py``) and the Lightning
+    module run before a step's losses reach the storage.
+    """
+    values = {
+        k: float(v.detach().float().sum()) if isinstance(v, torch.Tensor) else float(v) for k, v in loss_dict.items()
+    }
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(
+            f"Loss became infinite or NaN at iteration={iteration}: {', '.join(bad)} (loss_dict = {values})"
+        )
+    return values
 
 
 class EventStorage:
