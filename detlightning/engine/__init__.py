@@ -4,6 +4,7 @@ hooks and writers, the train / evaluate jobs, and ``DefaultPredictor`` (detectro
 Importing this package imports Lightning. A plain-PyTorch loop needs none of it: the solver is
 :mod:`detlightning.solver`, the model :mod:`detlightning.modeling`, the data :mod:`detlightning.data`.
 """
+from . import hooks
 from .callbacks import (
     BestCheckpointer,
     IterationTimer,
@@ -28,20 +29,28 @@ from .defaults import (
     primary_metric,
     train,
 )
+from .hooks import HookBase
 from .launch import launch
 from .module import DetectionModule
 from .predictor import DefaultPredictor
+from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from .trainer import DefaultTrainer
 
 __all__ = [
+    "AMPTrainer",
     "BestCheckpointer",
     "DefaultPredictor",
+    "DefaultTrainer",
     "DetectionModule",
+    "HookBase",
     "IterationTimer",
     "LRLogger",
     "MemoryStats",
     "MetricsWriter",
     "PeriodicCheckpointer",
     "PreciseBN",
+    "SimpleTrainer",
+    "TrainerBase",
     "VisualizePredictions",
     "build_callbacks",
     "build_loggers",
@@ -52,6 +61,7 @@ __all__ = [
     "default_writers",
     "evaluate",
     "find_resume_checkpoint",
+    "hooks",
     "launch",
     "prepare_cfg",
     "primary_metric",

@@ -26,6 +26,7 @@ from .predictor import DefaultPredictor
 
 __all__ = [
     "DefaultPredictor",
+    "DefaultTrainer",
     "build_callbacks",
     "build_loggers",
     "build_trainer",
@@ -286,3 +287,7 @@ def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, 
 
         ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
     return ddp
+
+
+# detectron2 keeps DefaultTrainer in engine/defaults.py: ``from detlightning.engine.defaults import DefaultTrainer``
+from .trainer import DefaultTrainer  # noqa: E402

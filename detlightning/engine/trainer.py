@@ -36,13 +36,14 @@ from ..config.reader import cfg_view, is_cfg_node
 from ..data import build_detection_test_loader, build_detection_train_loader
 from ..data.datamodule import EpochView
 from ..evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
+from ..layers.batch_norm import get_bn_modules
 from ..modeling import build_model
 from ..solver import build_lr_scheduler, build_optimizer
 from ..utils import comm
-from ..utils.events import EventStorage, EventWriter
+from ..utils.events import EventStorage, EventWriter, check_losses_finite
 from . import hooks
 from .defaults import default_writers
-from .train_loop import TrainerBase, check_losses_finite
+from .train_loop import TrainerBase
 
 __all__ = ["DefaultTrainer"]
 
@@ -135,7 +136,7 @@ class DefaultTrainer(TrainerBase):
         view = cfg_view(self.cfg)
         eval_period = int(view.solver.eval_period)
         precise_bn: hooks.HookBase | None = None
-        if view.callbacks.precise_bn.enabled and hooks.get_bn_modules(self.model):
+        if view.callbacks.precise_bn.enabled and get_bn_modules(self.model):
             bn_cfg = copy.deepcopy(self.cfg)
             if is_cfg_node(bn_cfg):
                 bn_cfg.defrost()

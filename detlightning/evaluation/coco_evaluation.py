@@ -22,7 +22,7 @@ import torch
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
-from ..data.catalog import MetadataCatalog
+from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.datasets.coco import convert_to_coco_dict, convert_to_coco_json
 from ..structures import Boxes, BoxMode, Instances, pairwise_iou
 from ..utils import comm
@@ -120,7 +120,11 @@ class COCOEvaluator(DatasetEvaluator):
                 # detectron2 requires output_dir here; without one the conversion simply stays in memory
                 gt_dataset = convert_to_coco_dict(dataset_name)
         else:
-            gt_dataset = _read_json(self._metadata.json_file)
+            json_file = self._metadata.json_file
+            if not PathManager.exists(json_file) and dataset_name in DatasetCatalog:
+                # a dataset that writes its annotation file on first load (the built-in shapes): load it once
+                DatasetCatalog.get(dataset_name)
+            gt_dataset = _read_json(json_file)
 
         if self._use_fast_impl and not all(type(img["id"]) is int for img in gt_dataset.get("images", [])):
             # faster-coco-eval indexes images by int id; pycocotools accepts any hashable id

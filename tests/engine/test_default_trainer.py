@@ -200,3 +200,117 @@ def test_train_net_script_trains_resumes_and_evaluates(tmp_path: Path) -> None:
     assert iters[-1] == 3
     log = run("--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"))
     assert "EVAL_ONLY_AP" in log
+
+
+# ------------------------------------------------------- research code written on detectron2, import renamed
+def _research_project():
+    """A project's own config keys, backbone, mask head and mapper, registered the detectron2 way."""
+    import torch
+    from torch import nn
+
+    from detlightning.config import CfgNode, configurable
+    from detlightning.data import DatasetMapper
+    from detlightning.layers import ShapeSpec
+    from detlightning.modeling import BACKBONE_REGISTRY, ROI_MASK_HEAD_REGISTRY, Backbone
+    from detlightning.modeling.roi_heads.mask_head import BaseMaskRCNNHead
+
+    def add_myproj_config(cfg):
+        cfg.MODEL.MY_BACKBONE = CfgNode()
+        cfg.MODEL.MY_BACKBONE.DEPTH = 3
+        cfg.MODEL.MY_BACKBONE.WIDTH = 16
+        cfg.MODEL.MY_MASK_HEAD = CfgNode()
+        cfg.MODEL.MY_MASK_HEAD.HIDDEN = 8
+        cfg.INPUT.MY_GRAYSCALE = True
+
+    class MyBackbone(Backbone):
+        def __init__(self, cfg, input_shape: ShapeSpec):
+            super().__init__()
+            width, depth = cfg.MODEL.MY_BACKBONE.WIDTH, cfg.MODEL.MY_BACKBONE.DEPTH
+            layers, ch = [], input_shape.channels
+            for _ in range(depth):  # each conv halves the resolution: stride 2 ** depth
+                layers += [nn.Conv2d(ch, width, 3, stride=2, padding=1), nn.ReLU()]
+                ch = width
+            self.body = nn.Sequential(*layers)
+            self._stride = 2**depth
+
+        def forward(self, x):
+            return {"feat": self.body(x)}
+
+        def output_shape(self):
+            return {"feat": ShapeSpec(channels=self.body[-2].out_channels, stride=self._stride)}
+
+    class PointRendLikeMaskHead(BaseMaskRCNNHead):
+        @configurable
+        def __init__(self, input_shape: ShapeSpec, *, hidden: int, num_classes: int, **kwargs):
+            super().__init__(**kwargs)
+            self.fc = nn.Conv2d(input_shape.channels, hidden, 1)
+            self.predictor = nn.Conv2d(hidden, num_classes, 1)
+
+        @classmethod
+        def from_config(cls, cfg, input_shape):
+            ret = super().from_config(cfg, input_shape)  # the built-in part reads the same CfgNode
+            ret.update(input_shape=input_shape, hidden=cfg.MODEL.MY_MASK_HEAD.HIDDEN,
+                       num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+            return ret
+
+        def layers(self, x):
+            return nn.functional.interpolate(self.predictor(torch.relu(self.fc(x))), scale_factor=2.0)
+
+    class GrayMapper(DatasetMapper):
+        @classmethod
+        def from_config(cls, cfg, is_train: bool = True):
+            ret = super().from_config(cfg, is_train)
+            ret["gray"] = cfg.INPUT.MY_GRAYSCALE
+            return ret
+
+        @configurable
+        def __init__(self, *, gray: bool, **kwargs):
+            super().__init__(**kwargs)
+            self.gray = gray
+
+        def __call__(self, dataset_dict):
+            out = super().__call__(dataset_dict)
+            if self.gray:
+                out["image"] = out["image"].float().mean(0, keepdim=True).expand(3, -1, -1).contiguous()
+            return out
+
+    for registry, cls in ((BACKBONE_REGISTRY, MyBackbone), (ROI_MASK_HEAD_REGISTRY, PointRendLikeMaskHead)):
+        if cls.__name__ not in registry:
+            registry.register(cls)
+    return add_myproj_config, GrayMapper
+
+
+def test_research_project_components_train_and_infer(tiny_dataset: str, tmp_path: Path) -> None:
+    import torch
+
+    from detlightning.data import build_detection_train_loader
+
+    add_myproj_config, gray_mapper = _research_project()
+    cfg = _tutorial_cfg(tmp_path / "proj", tiny_dataset)
+    add_myproj_config(cfg)
+    cfg.MODEL.BACKBONE.NAME = "MyBackbone"
+    cfg.MODEL.RPN.IN_FEATURES = ["feat"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16, 32, 64]]
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["feat"]
+    cfg.MODEL.ROI_MASK_HEAD.NAME = "PointRendLikeMaskHead"
+    cfg.SOLVER.MAX_ITER = 2
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def build_train_loader(cls, cfg):
+            return build_detection_train_loader(cfg, mapper=gray_mapper(cfg, True))
+
+    trainer = Trainer(cfg)
+    assert type(trainer.model.backbone).__name__ == "MyBackbone" and len(trainer.model.backbone.body) == 6
+    assert trainer.model.roi_heads.mask_head.fc.out_channels == 8
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert np.isfinite(trainer.storage.history("loss_mask").latest())
+
+    sample = gray_mapper(cfg, True)(DatasetCatalog.get(f"{tiny_dataset}_train")[0])
+    assert torch.equal(sample["image"][0], sample["image"][1])  # the project's mapper ran on the user's key
+    trainer.model.eval()
+    with torch.no_grad():
+        out = trainer.model([{"image": sample["image"], "height": 64, "width": 64}])[0]["instances"]
+    assert len(out) > 0 and out.pred_masks.shape[1:] == (64, 64)  # the project's mask head, pasted
