@@ -1,6 +1,7 @@
 """Building blocks shared by the models: norms, conv wrappers, ROI ops, NMS, losses."""
 from .batch_norm import CycleBatchNormList, FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
 from .blocks import CNNBlockBase
+from .deform_conv import DeformConv, ModulatedDeformConv
 from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, sigmoid_focal_loss_jit, smooth_l1_loss
 from .mask_ops import paste_masks_in_image
 from .nms import batched_nms, nms

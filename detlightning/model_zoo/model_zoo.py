@@ -1,7 +1,9 @@
 """Model-zoo lookups: name -> shipped detectron2 yaml, converted config, checkpoint URL, built model.
 
-The yaml files under ``configs/`` are detectron2's model-zoo files for the standard entries (same keys and
-hyper-parameters, ``_BASE_`` chains included). Checkpoints are detectron2's released ``model_final_*.pkl`` files:
+The yaml files under ``configs/`` are the model yaml files of detectron2's ``configs/`` folder (COCO, LVIS v0.5/v1,
+Cityscapes, Pascal VOC, Detectron1 comparisons, Misc) with the ``Base-*`` files they build on: same keys and
+hyper-parameters, ``_BASE_`` chains included. detectron2's LazyConfig ``.py`` files are not shipped, but their
+checkpoint URLs are known. Checkpoints are detectron2's released ``model_final_*.pkl`` files:
 ``DetectionCheckpointer`` downloads them into the cache (``$DETLIGHTNING_CACHE``, default
 ``~/.torch/detlightning_cache``); offline, the error names the URL and the local path to place the file at.
 """
@@ -69,6 +71,19 @@ class _ModelZooUrls:
         "COCO-InstanceSegmentation/mask_rcnn_R_101_DC5_3x": "138363294/model_final_0464b7.pkl",
         "COCO-InstanceSegmentation/mask_rcnn_R_101_FPN_3x": "138205316/model_final_a3ec72.pkl",
         "COCO-InstanceSegmentation/mask_rcnn_X_101_32x8d_FPN_3x": "139653917/model_final_2d9806.pkl",
+        # new baselines (LazyConfig .py files, not shipped): large-scale jitter, longer schedules
+        "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ": "42047764/model_final_bb69de.pkl",
+        "new_baselines/mask_rcnn_R_50_FPN_200ep_LSJ": "42047638/model_final_89a8d3.pkl",
+        "new_baselines/mask_rcnn_R_50_FPN_400ep_LSJ": "42019571/model_final_14d201.pkl",
+        "new_baselines/mask_rcnn_R_101_FPN_100ep_LSJ": "42025812/model_final_4f7b58.pkl",
+        "new_baselines/mask_rcnn_R_101_FPN_200ep_LSJ": "42131867/model_final_0bb7ae.pkl",
+        "new_baselines/mask_rcnn_R_101_FPN_400ep_LSJ": "42073830/model_final_f96b26.pkl",
+        "new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_100ep_LSJ": "42047771/model_final_b7fbab.pkl",
+        "new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_200ep_LSJ": "42132721/model_final_5d87c1.pkl",
+        "new_baselines/mask_rcnn_regnetx_4gf_dds_FPN_400ep_LSJ": "42025447/model_final_f1362d.pkl",
+        "new_baselines/mask_rcnn_regnety_4gf_dds_FPN_100ep_LSJ": "42047784/model_final_6ba57e.pkl",
+        "new_baselines/mask_rcnn_regnety_4gf_dds_FPN_200ep_LSJ": "42047642/model_final_27b9c1.pkl",
+        "new_baselines/mask_rcnn_regnety_4gf_dds_FPN_400ep_LSJ": "42045954/model_final_ef3a80.pkl",
         # COCO person keypoints: Keypoint R-CNN
         "COCO-Keypoints/keypoint_rcnn_R_50_FPN_1x": "137261548/model_final_04e291.pkl",
         "COCO-Keypoints/keypoint_rcnn_R_50_FPN_3x": "137849621/model_final_a6e10b.pkl",

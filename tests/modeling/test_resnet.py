@@ -105,8 +105,14 @@ def test_resnext_grouped_conv() -> None:
 
 
 def test_invalid_configs() -> None:
-    with pytest.raises(NotImplementedError, match="deform"):
-        build_resnet_backbone(_cfg("model.resnets.deform_on_per_stage=[false,true,false,false]"), ShapeSpec(3))
+    with pytest.raises(ValueError, match="DEFORM_ON_PER_STAGE"):
+        build_resnet_backbone(_cfg("model.resnets.deform_on_per_stage=[false,true]"), ShapeSpec(3))
+    with pytest.raises(ValueError, match="DEFORM_ON_PER_STAGE"):
+        build_resnet_backbone(
+            _cfg("model.resnets.depth=18", "model.resnets.res2_out_channels=64",
+                 "model.resnets.deform_on_per_stage=[false,true,false,false]"),
+            ShapeSpec(3),
+        )
     with pytest.raises(ValueError, match="depth"):
         build_resnet_backbone(_cfg("model.resnets.depth=42"), ShapeSpec(channels=3))
     with pytest.raises(ValueError, match="res2_out_channels"):
@@ -251,3 +257,23 @@ def test_c4_state_dict_matches_manifest(compat_dir: Path) -> None:
     got = {f"backbone.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(got) - set(expected)) == [] and sorted(set(expected) - set(got)) == []
     assert got == expected
+
+
+def test_deformable_stages_use_deform_blocks() -> None:
+    cfg = _cfg(
+        f"model.resnets.out_features={ALL}",
+        "model.resnets.deform_on_per_stage=[false,false,true,true]",
+        "model.resnets.deform_modulated=true",
+        "model.resnets.deform_num_groups=2",
+    )
+    model = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    assert all(type(b).__name__ == "BottleneckBlock" for b in [*model.res2, *model.res3])
+    assert all(type(b).__name__ == "DeformBottleneckBlock" for b in [*model.res4, *model.res5])
+    block = model.res4[0]
+    # modulated: (dy, dx, mask) per tap of the 3x3 kernel, for each of the 2 offset groups
+    assert block.conv2_offset.weight.shape == (3 * 9 * 2, 256, 3, 3)
+    # stride_in_1x1 (the default): the 1x1 conv downsamples, the offsets are predicted at the 3x3 conv's stride
+    assert block.conv1.stride == (2, 2) and block.conv2_offset.stride == block.conv2.stride == (1, 1)
+    assert block.conv2.deformable_groups == 2 and block.conv2.bias is None
+    out = model(torch.zeros(1, 3, 64, 64))
+    assert out["res5"].shape == (1, 2048, 2, 2)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config.reader import cfg_view
-from ...layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from ...layers import CNNBlockBase, Conv2d, DeformConv, ModulatedDeformConv, ShapeSpec, get_norm
 from ...layers.weight_init import c2_msra_fill, c2_xavier_fill  # noqa: F401  (c2_xavier_fill: old import path)
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
@@ -150,13 +150,77 @@ class BottleneckBlock(CNNBlockBase):
 
 
 class DeformBottleneckBlock(CNNBlockBase):
-    """Bottleneck block with a deformable 3x3 conv: not implemented in detlightning."""
+    """BottleneckBlock whose 3x3 conv is deformable: a plain 3x3 conv ``conv2_offset`` predicts the sampling
+    offsets (and, when modulated, the masks) of the deformable ``conv2`` from the block's own 1x1 output."""
 
-    def __init__(self, in_channels: int, out_channels: int, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "DeformBottleneckBlock (deformable convolution, model.resnets.deform_on_per_stage) is not supported by "
-            "detlightning; set model.resnets.deform_on_per_stage to all false."
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        bottleneck_channels: int,
+        stride: int = 1,
+        num_groups: int = 1,
+        norm: NormSpec = "BN",
+        stride_in_1x1: bool = False,
+        dilation: int = 1,
+        deform_modulated: bool = False,
+        deform_num_groups: int = 1,
+    ) -> None:
+        """
+        Args:
+            deform_modulated: deformable conv v2 (offsets and a sigmoid mask per tap) instead of v1.
+            deform_num_groups: channel groups that get their own offsets.
+            others: as :class:`BottleneckBlock`.
+        """
+        super().__init__(in_channels, out_channels, stride)
+        self.deform_modulated = deform_modulated
+        self.shortcut = _projection(in_channels, out_channels, stride, norm)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = _conv_norm(in_channels, bottleneck_channels, 1, norm, stride=stride_1x1)
+        # per tap of the 3x3 kernel: (dy, dx), plus a mask logit when modulated
+        values_per_tap = 3 if deform_modulated else 2
+        self.conv2_offset = Conv2d(
+            bottleneck_channels,
+            values_per_tap * 9 * deform_num_groups,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
         )
+        conv_cls = ModulatedDeformConv if deform_modulated else DeformConv
+        self.conv2 = conv_cls(
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            groups=num_groups,
+            deformable_groups=deform_num_groups,
+            bias=False,
+            norm=get_norm(norm, bottleneck_channels),
+        )
+        self.conv3 = _conv_norm(bottleneck_channels, out_channels, 1, norm)
+        _msra_init(self.conv1, self.conv2, self.conv3, self.shortcut)
+        # zero offsets at start: the block begins as an ordinary bottleneck
+        nn.init.zeros_(self.conv2_offset.weight)
+        nn.init.zeros_(self.conv2_offset.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        if self.deform_modulated:
+            predicted = self.conv2_offset(out)
+            num_offsets = predicted.shape[1] * 2 // 3
+            # d2-parity: the first two thirds of the channels are the offsets, the last third the mask logits
+            offset, mask = predicted[:, :num_offsets], predicted[:, num_offsets:].sigmoid()
+            out = self.conv2(out, offset, mask)
+        else:
+            out = self.conv2(out, self.conv2_offset(out))
+        out = F.relu_(out)
+        out = self.conv3(out)
+        out += self.shortcut(x) if self.shortcut is not None else x
+        return F.relu_(out)
 
 
 class BasicStem(CNNBlockBase):
@@ -408,10 +472,10 @@ def build_resnet_backbone(cfg: Any, input_shape: ShapeSpec) -> ResNet:
         raise ValueError(f"model.resnets.depth must be one of {sorted(_NUM_BLOCKS_PER_STAGE)}, got {depth}")
     if res5_dilation not in (1, 2):
         raise ValueError(f"model.resnets.res5_dilation must be 1 or 2, got {res5_dilation}")
-    if any(deform_on_per_stage):
-        raise NotImplementedError(
-            f"model.resnets.deform_on_per_stage={deform_on_per_stage}: deformable convolution is not supported by "
-            "detlightning; set it to all false."
+    if len(deform_on_per_stage) != 4:
+        raise ValueError(
+            "model.resnets.deform_on_per_stage (MODEL.RESNETS.DEFORM_ON_PER_STAGE) needs one flag per stage "
+            f"res2..res5, got {deform_on_per_stage}"
         )
     if depth in (18, 34):
         if out_channels != 64:
@@ -420,6 +484,11 @@ def build_resnet_backbone(cfg: Any, input_shape: ShapeSpec) -> ResNet:
             raise ValueError(f"ResNet-{depth} needs model.resnets.res5_dilation=1, got {res5_dilation}")
         if num_groups != 1:
             raise ValueError(f"ResNet-{depth} needs model.resnets.num_groups=1, got {num_groups}")
+        if any(deform_on_per_stage):
+            raise ValueError(
+                f"ResNet-{depth} has no deformable blocks: model.resnets.deform_on_per_stage "
+                f"(MODEL.RESNETS.DEFORM_ON_PER_STAGE) must be all false, got {deform_on_per_stage}"
+            )
     unknown = [f for f in out_features if f not in _STAGE_INDEX]
     if not out_features or unknown:
         raise ValueError(
@@ -452,6 +521,12 @@ def build_resnet_backbone(cfg: Any, input_shape: ShapeSpec) -> ResNet:
                 dilation=dilation,
                 num_groups=num_groups,
             )
+            if deform_on_per_stage[idx]:
+                stage_kwargs.update(
+                    block_class=DeformBottleneckBlock,
+                    deform_modulated=bool(r.deform_modulated),
+                    deform_num_groups=int(r.deform_num_groups),
+                )
         stages.append(ResNet.make_stage(**stage_kwargs))
         in_channels = out_channels
         out_channels *= 2

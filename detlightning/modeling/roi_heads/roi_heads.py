@@ -318,7 +318,10 @@ class Res5ROIHeads(ROIHeads):
         bottleneck_channels = num_groups * resnets.width_per_group * stage_channel_factor
         out_channels = resnets.res2_out_channels * stage_channel_factor
         if resnets.deform_on_per_stage[-1]:
-            raise ValueError("Res5ROIHeads: deformable convolutions are not supported in the res5 head")
+            raise ValueError(
+                "Res5ROIHeads: deformable convolutions are not supported in the res5 head; "
+                "model.resnets.deform_on_per_stage[-1] (MODEL.RESNETS.DEFORM_ON_PER_STAGE) must be false"
+            )
         blocks = ResNet.make_stage(
             BottleneckBlock,
             3,
