@@ -142,27 +142,33 @@ TRAIN_NET = textwrap.dedent('''
             return COCOEvaluator(dataset_name, output_dir=output_folder)
 
 
-    def setup(args):
-        cfg = get_cfg()
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        cfg.freeze()
-        default_setup(cfg, args)
-        return cfg
+    def load_config(args):
+        """The yaml, then the command-line KEY VALUE pairs; frozen, as detectron2 scripts leave it."""
+        config = get_cfg()
+        config.merge_from_file(args.config_file)
+        config.merge_from_list(args.opts)
+        config.freeze()
+        default_setup(config, args)
+        return config
+
+
+    def evaluate_only(config, args):
+        net = Trainer.build_model(config)
+        checkpointer = DetectionCheckpointer(net, save_dir=config.OUTPUT_DIR)
+        checkpointer.resume_or_load(config.MODEL.WEIGHTS, resume=args.resume)
+        metrics = Trainer.test(config, net)
+        print("EVAL_ONLY_AP", metrics["bbox"]["AP"])
+        return metrics
 
 
     def main(args):
-        cfg = setup(args)
+        config = load_config(args)
         if args.eval_only:
-            model = Trainer.build_model(cfg)
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-            res = Trainer.test(cfg, model)
-            print("EVAL_ONLY_AP", res["bbox"]["AP"])
-            return res
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        print("START_ITER", trainer.start_iter)
-        return trainer.train()
+            return evaluate_only(config, args)
+        runner = Trainer(config)
+        runner.resume_or_load(resume=args.resume)
+        print("START_ITER", runner.start_iter)
+        return runner.train()
 
 
     if __name__ == "__main__":
