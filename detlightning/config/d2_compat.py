@@ -35,6 +35,7 @@ __all__ = [
     "load_d2_config",
     "to_detlightning_cfg",
     "unsupported_d2_keys",
+    "warn_unsupported_d2_keys",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,14 +125,21 @@ def _reason(key: str) -> str:
     return _UNSUPPORTED.get(key, _NOT_A_DEFAULT)
 
 
-def unsupported_d2_keys(cfg: Mapping) -> dict[str, str]:
+def unsupported_d2_keys(cfg: Mapping, project_keys: bool = True) -> dict[str, str]:
     """``{d2 key: why}`` for every key of ``cfg`` that detlightning ignores although it is not at detectron2's
-    default (no equivalent key, or a project-specific key). Empty for a config detlightning fully honours."""
+    default: detectron2 keys with no equivalent, and (``project_keys``) keys detectron2 does not have, which a
+    conversion to our config drops. Empty for a config detlightning fully honours."""
     return {
         key: _reason(key)
         for key, value in _flatten(cfg).items()
-        if D2_KEY_MAP.get(key) is None and not _is_default(key, value)
+        if D2_KEY_MAP.get(key) is None and not _is_default(key, value) and (project_keys or key in _UNSUPPORTED)
     }
+
+
+def warn_unsupported_d2_keys(cfg: Mapping, source: str = "detectron2 config") -> None:
+    """Warn (:class:`UnsupportedD2KeysWarning`) about detectron2 keys set to a value detlightning does not
+    implement. A project's own keys are not reported: read in place, they reach the user's components."""
+    _report(unsupported_d2_keys(cfg, project_keys=False), False, _flatten(cfg), source)
 
 
 def _group_choices(flat: Mapping[str, Any]) -> list[str]:

@@ -103,3 +103,23 @@ def test_every_key_library_code_reads_is_defined_in_the_config_files():
     defaults = compose([])
     missing = sorted(k for k in keys - optional if OmegaConf.select(defaults, k, default="<absent>") == "<absent>")
     assert not missing, f"keys read in code but defined in no config file: {missing}"
+
+
+def test_build_model_reports_unsupported_detectron2_keys_but_not_project_keys():
+    import warnings
+
+    from detlightning import model_zoo
+    from detlightning.config import CfgNode
+    from detlightning.config.d2_compat import UnsupportedD2KeysWarning
+
+    cfg = get_d2_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"])
+    cfg.MODEL.MY_HEAD = CfgNode({"DIM": 3})  # a project's own key: it reaches the project's components
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnsupportedD2KeysWarning)
+        build_model(cfg)
+    cfg.TEST.AUG.ENABLED = True  # test-time augmentation: not implemented, so not silently ignored
+    with pytest.warns(UnsupportedD2KeysWarning, match=r"TEST\.AUG\.ENABLED") as record:
+        build_model(cfg)
+    assert "MY_HEAD" not in str(record[0].message)

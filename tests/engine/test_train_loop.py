@@ -525,3 +525,20 @@ def test_write_metrics_averages_over_processes(tmp_path: Path) -> None:
         assert latest["data_time"] == pytest.approx(0.2)  # the slowest process
         assert latest["rank_data_time"] == pytest.approx(0.1 * (rank + 1))
         assert "iteration=1: loss_a" in result["error"]
+
+
+def test_subclassing_simple_trainer_run_step() -> None:
+    """detectron2's documented customisation: subclass SimpleTrainer and write run_step around the parent's."""
+
+    class TwoLossTrainer(SimpleTrainer):
+        def run_step(self) -> None:
+            super().run_step()
+            # a quantity the project computes itself, logged through the same storage
+            weight_norm = float(sum(p.detach().norm() for p in self.model.parameters()))
+            self.storage.put_scalar("weight_norm", weight_norm)
+
+    trainer = make_trainer(TwoLossTrainer)
+    trainer.train(0, 4)
+    history = trainer.storage.history("weight_norm")
+    assert [it for _, it in history.values()] == [0, 1, 2, 3]
+    assert trainer.storage.history("total_loss").latest() < trainer.storage.history("total_loss").values()[0][0]

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...config.reader import cfg_get
+from ...config.reader import cfg_get, is_cfg_node
 from ..build import build_component
 from ..registry import META_ARCH_REGISTRY
 
@@ -23,6 +23,11 @@ def build_model(cfg: Any) -> nn.Module:
     ``@META_ARCH_REGISTRY.register()`` class, ...), called as ``cls(cfg)``, or a node with ``_target_``.
     No weights are loaded: use ``DetectionCheckpointer(model).load(cfg.model.weights)`` for that.
     """
+    if is_cfg_node(cfg):
+        # read in place, a CfgNode is never converted: report here what of it nothing implements
+        from ...config.d2_compat import warn_unsupported_d2_keys
+
+        warn_unsupported_d2_keys(cfg, "build_model")
     model = build_component(META_ARCH_REGISTRY, "model.meta_architecture", cfg)
     if not isinstance(model, nn.Module):
         meta_arch = cfg_get(cfg, "model.meta_architecture")
