@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..evaluation.testing import flatten_results_dict
-from ..solver import build_lr_scheduler, build_optimizer, clip_gradients, clips_gradients
+from ..solver import clip_gradients, clips_gradients
 from ..utils.events import EventStorage, check_losses_finite
+from .builders import DefaultBuilders
 
 __all__ = ["DetectionModule", "cfg_to_container"]
 
@@ -38,7 +39,7 @@ def cfg_to_container(cfg: Any) -> dict[str, Any]:
     raise TypeError(f"DetectionModule expects a DictConfig or a dict config, got {type(cfg).__name__}")
 
 
-class DetectionModule(LightningModule):
+class DetectionModule(DefaultBuilders, LightningModule):
     """Train / evaluate / predict a detection model built from ``cfg``.
 
     Args:
@@ -64,34 +65,6 @@ class DetectionModule(LightningModule):
         self._eval_active: list[Any] = []
         self.last_results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.last_eval_step: int = -1
-
-    # ------------------------------------------------------------------ overridable builders (detectron2 style)
-    @classmethod
-    def build_model(cls, cfg: Any) -> nn.Module:
-        """The model (default: ``detlightning.modeling.build_model(cfg)``)."""
-        from ..modeling.meta_arch.build import build_model
-
-        model = build_model(cfg)
-        logger.debug("Model:\n%s", model)
-        return model
-
-    @classmethod
-    def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-        """The optimizer (default: ``detlightning.solver.build_optimizer``)."""
-        return build_optimizer(cfg, model)
-
-    @classmethod
-    def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        """The per-iteration LR scheduler (default: ``detlightning.solver.build_lr_scheduler``)."""
-        return build_lr_scheduler(cfg, optimizer)
-
-    @classmethod
-    def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None) -> Any:
-        """The ``DatasetEvaluator`` of one dataset, chosen by its metadata's ``evaluator_type`` (``coco``,
-        ``sem_seg``, ``coco_panoptic_seg``); ``None`` means no metrics for that dataset."""
-        from ..evaluation import build_evaluator
-
-        return build_evaluator(cfg, dataset_name, output_folder)
 
     # ------------------------------------------------------------------------------------------- training
     def forward(self, batched_inputs: list[dict[str, Any]]) -> Any:

@@ -37,11 +37,10 @@ from ..data import build_detection_test_loader, build_detection_train_loader
 from ..data.datamodule import EpochView
 from ..evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
 from ..layers.batch_norm import get_bn_modules
-from ..modeling import build_model
-from ..solver import build_lr_scheduler, build_optimizer
 from ..utils import comm
 from ..utils.events import EventStorage, EventWriter, check_losses_finite
 from . import hooks
+from .builders import DefaultBuilders
 from .defaults import default_writers
 from .train_loop import TrainerBase
 
@@ -101,7 +100,7 @@ class _HookBridge(Callback):
         self.owner.after_step()
 
 
-class DefaultTrainer(TrainerBase):
+class DefaultTrainer(DefaultBuilders, TrainerBase):
     """detectron2's ``DefaultTrainer`` (see the module docstring). Attributes: ``cfg``, ``model``, ``optimizer``,
     ``scheduler``, ``data_loader``, ``checkpointer``, ``iter``, ``start_iter``, ``max_iter``, ``storage``."""
 
@@ -217,34 +216,12 @@ class DefaultTrainer(TrainerBase):
 
     # ------------------------------------------------------------------------------ overridable builders
     @classmethod
-    def build_model(cls, cfg: Any) -> nn.Module:
-        model = build_model(cfg)
-        logger.info("Model:\n%s", model)
-        return model
-
-    @classmethod
-    def build_optimizer(cls, cfg: Any, model: nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(cfg, model)
-
-    @classmethod
-    def build_lr_scheduler(cls, cfg: Any, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        return build_lr_scheduler(cfg, optimizer)
-
-    @classmethod
     def build_train_loader(cls, cfg: Any) -> Any:
         return build_detection_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg: Any, dataset_name: str) -> Any:
         return build_detection_test_loader(cfg, dataset_name)
-
-    @classmethod
-    def build_evaluator(cls, cfg: Any, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator | None:
-        """The evaluator of ``dataset_name``; default: the one its metadata's ``evaluator_type`` names
-        (detectron2's base class raises here; override it to choose yours)."""
-        from ..evaluation import build_evaluator
-
-        return build_evaluator(cfg, dataset_name, output_folder)
 
     @classmethod
     def test(cls, cfg: Any, model: nn.Module,
