@@ -17,6 +17,7 @@ to train the same models.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import time
 import weakref
@@ -253,12 +254,23 @@ class SimpleTrainer(TrainerBase):
         data, data_time = self._next_batch()
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        loss_dict, losses = self._forward(data)
+        with self._forward_context():
+            loss_dict, losses = self._forward(data)
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
-        losses.backward()
+        self._backward(losses)
         self.after_backward()
         self._submit_metrics(loss_dict, data_time)
+        self._optimizer_step()
+
+    # the three points where mixed precision (AMPTrainer) differs
+    def _forward_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        losses.backward()
+
+    def _optimizer_step(self) -> None:
         self.optimizer.step()
 
     # ------------------------------------------------------------------ metrics
@@ -370,21 +382,15 @@ class AMPTrainer(SimpleTrainer):
         self.precision = precision
         self.log_grad_scaler = log_grad_scaler
 
-    def run_step(self) -> None:
-        if not self.model.training:
-            raise RuntimeError(f"{type(self).__name__}: the model was switched to eval mode during training")
-        data, data_time = self._next_batch()
-        if self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
-        with torch.autocast(self.device_type, dtype=self.precision):
-            loss_dict, losses = self._forward(data)
-        if not self.zero_grad_before_forward:
-            self.optimizer.zero_grad()
+    def _forward_context(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=self.precision)
+
+    def _backward(self, losses: torch.Tensor) -> None:
         self.grad_scaler.scale(losses).backward()
         if self.log_grad_scaler:
             self.storage.put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
-        self.after_backward()
-        self._submit_metrics(loss_dict, data_time)
+
+    def _optimizer_step(self) -> None:
         # the scaler unscales first and skips the step when the gradients overflowed
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
