@@ -85,6 +85,32 @@ def build(arch: str):
     return build_model(cfg).eval()
 
 
+def build_from_zoo_yaml(arch: str):
+    """detectron2's own flow for ``arch``: ``get_cfg()`` + ``merge_from_file`` of the zoo yaml its manifest names +
+    ``build_model(cfg)``, on CPU, in eval mode. The CfgNode is read in place, never converted."""
+    from detlightning import model_zoo
+    from detlightning.config import get_cfg
+    from detlightning.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file(manifest(arch)["detectron2_config"]))
+    cfg.MODEL.DEVICE = "cpu"
+    return build_model(cfg).eval()
+
+
+def load_reference_weights(model, arch: str):
+    """``model`` with detectron2's reference weights for ``arch``, loaded from a ``.pth`` file as a user would."""
+    import tempfile
+
+    from detlightning.checkpoint import DetectionCheckpointer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.pth"
+        torch.save({"model": reference_weights(arch), "iteration": 0}, path)
+        DetectionCheckpointer(model).load(path)
+    return model
+
+
 def reference_input() -> dict:
     return torch.load(COMPAT_DIR / "inputs" / "astronaut.pt", weights_only=True)
 

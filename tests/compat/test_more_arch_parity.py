@@ -3,12 +3,9 @@ manifests, and eval outputs on the stored input against detectron2's (tolerances
 from __future__ import annotations
 
 import functools
-import tempfile
 
 import pytest
 import torch
-
-from detlightning.checkpoint import DetectionCheckpointer
 
 from . import _parity as P
 
@@ -36,12 +33,7 @@ def _model(arch: str):
 
 @functools.lru_cache(maxsize=None)
 def _loaded_model(arch: str):
-    model = _model(arch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model.pth"
-        torch.save({"model": P.reference_weights(arch), "iteration": 0}, path)
-        DetectionCheckpointer(model).load(path)
-    return model
+    return P.load_reference_weights(_model(arch), arch)
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,14 +24,7 @@ def _need_compat(compat_dir):
 @functools.lru_cache(maxsize=None)
 def _loaded_model(arch: str):
     """Our model for ``arch`` with detectron2's reference weights loaded from a .pth file (cached per process)."""
-    import tempfile
-
-    model = P.build(arch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model.pth"
-        torch.save({"model": P.reference_weights(arch), "iteration": 0}, path)
-        DetectionCheckpointer(model).load(path)
-    return model
+    return P.load_reference_weights(P.build(arch), arch)
 
 
 @pytest.mark.parametrize("arch", WITH_OUTPUTS + MANIFEST_ONLY)
@@ -124,16 +117,9 @@ def test_rpn_proposals_match_detectron2(arch):
 
 @pytest.mark.parametrize("arch", WITH_OUTPUTS)
 def test_model_built_from_a_detectron2_cfgnode_matches_detectron2(arch):
-    """detectron2's own flow: compose() + merge_from_file(model-zoo yaml) + build_model(cfg). The CfgNode is read in
+    """detectron2's own flow: get_cfg() + merge_from_file(model-zoo yaml) + build_model(cfg). The CfgNode is read in
     place (detlightning.config.reader), never converted to our Hydra config."""
-    from detlightning import model_zoo
-    from detlightning.config import get_d2_cfg
-    from detlightning.modeling import build_model
-
-    cfg = get_d2_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(P.manifest(arch)["detectron2_config"]))
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg).eval()
+    model = P.build_from_zoo_yaml(arch)
     assert sorted(model.state_dict()) == sorted(P.manifest(arch)["shapes"])
     model.load_state_dict(P.reference_weights(arch))
     inp = P.reference_input()

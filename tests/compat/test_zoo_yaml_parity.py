@@ -4,15 +4,9 @@ proposals and eval outputs on the stored input against detectron2's (tolerances 
 from __future__ import annotations
 
 import functools
-import tempfile
 
 import pytest
 import torch
-
-from detlightning import model_zoo
-from detlightning.checkpoint import DetectionCheckpointer
-from detlightning.config import get_cfg
-from detlightning.modeling import build_model
 
 from . import _parity as P
 
@@ -27,20 +21,12 @@ def _need_compat(compat_dir):
 @functools.lru_cache(maxsize=None)
 def _model(arch: str):
     """Our model for the zoo yaml the manifest names, in eval mode."""
-    cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(P.manifest(arch)["detectron2_config"]))
-    cfg.MODEL.DEVICE = "cpu"
-    return build_model(cfg).eval()
+    return P.build_from_zoo_yaml(arch)
 
 
 @functools.lru_cache(maxsize=None)
 def _loaded_model(arch: str):
-    model = _model(arch)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model.pth"
-        torch.save({"model": P.reference_weights(arch), "iteration": 0}, path)
-        DetectionCheckpointer(model).load(path)
-    return model
+    return P.load_reference_weights(_model(arch), arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -290,7 +290,7 @@ def _features(height: int, width: int) -> dict[str, torch.Tensor]:
 
 
 def test_snippet_rpn_from_build_proposal_generator() -> None:
-    cfg = _d2_mask_cfg()  # cfg = compose(); cfg.merge_from_file(...)
+    cfg = _d2_mask_cfg()  # cfg = get_cfg(); cfg.merge_from_file(...)
     rpn = build_proposal_generator(cfg, _fpn_shapes())
     reference = build_proposal_generator(compose(MASK_HYDRA), _fpn_shapes())
     reference.load_state_dict(rpn.state_dict())
