@@ -1,5 +1,5 @@
 """Building blocks shared by the models: norms, conv wrappers, ROI ops, NMS, losses."""
-from .batch_norm import CycleBatchNormList, FrozenBatchNorm2d, NaiveSyncBatchNorm, get_norm
+from .batch_norm import CycleBatchNormList, FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, get_norm
 from .blocks import CNNBlockBase
 from .deform_conv import DeformConv, ModulatedDeformConv
 from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, sigmoid_focal_loss_jit, smooth_l1_loss

@@ -12,6 +12,7 @@ from torch import nn
 __all__ = [
     "CycleBatchNormList",
     "FrozenBatchNorm2d",
+    "LayerNorm",
     "NaiveSyncBatchNorm",
     "get_bn_modules",
     "get_norm",
@@ -105,6 +106,26 @@ def _group_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(32, channels)
 
 
+class LayerNorm(nn.Module):
+    """LayerNorm over the channel dimension of an (N, C, H, W) tensor: each pixel's C values are normalised.
+
+    ``nn.LayerNorm`` normalises trailing dimensions; the conv heads of ViTDet need the channels-first variant
+    ("LN" in :func:`get_norm`). Parameters ``weight`` / ``bias`` of shape (C,), as in detectron2's checkpoints.
+    """
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+        self.normalized_shape = (normalized_shape,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        inv_std = torch.rsqrt(centred.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        return centred * inv_std * self.weight[:, None, None] + self.bias[:, None, None]
+
+
 _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "BN": nn.BatchNorm2d,
     "SyncBN": NaiveSyncBatchNorm,
@@ -112,13 +133,15 @@ _NORMS: dict[str, Callable[[int], nn.Module]] = {
     "nnSyncBN": nn.SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
     "GN": _group_norm,
+    "LN": LayerNorm,
 }
 
 
 def get_norm(norm: str | Callable[[int], nn.Module] | None, out_channels: int) -> nn.Module | None:
     """Build a normalisation layer for ``out_channels`` channels.
 
-    ``norm`` is one of "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN" (32 groups), "" / None (no norm),
+    ``norm`` is one of "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN", "GN" (32 groups), "LN" (channels-first
+    :class:`LayerNorm`), "" / None (no norm),
     or a callable taking the channel count.
     """
     if norm is None or norm == "":

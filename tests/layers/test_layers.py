@@ -156,3 +156,18 @@ def test_sigmoid_focal_loss_reduces_to_bce_with_gamma_zero():
     p_t = p * t + (1 - p) * (1 - t)
     alpha_t = 0.25 * t + 0.75 * (1 - t)
     torch.testing.assert_close(sigmoid_focal_loss(x, t, 0.25, 2.0), alpha_t * bce * (1 - p_t) ** 2)
+
+
+def test_channels_first_layer_norm_equals_torch_layer_norm_over_channels():
+    from detlightning.layers import LayerNorm, get_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 7)
+    ln = get_norm("LN", 8)
+    assert isinstance(ln, LayerNorm) and ln.eps == 1e-6
+    with torch.no_grad():
+        ln.weight.copy_(torch.rand(8) + 0.5)
+        ln.bias.copy_(torch.randn(8))
+    ref = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (8,), ln.weight, ln.bias, eps=1e-6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ln(x), ref, rtol=1e-5, atol=1e-5)
+    assert sorted(ln.state_dict()) == ["bias", "weight"]
