@@ -22,6 +22,7 @@ from .backbone import (
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
 from .matcher import Matcher
 from .meta_arch.build import build_model
+from .meta_arch.fcos import FCOS
 from .meta_arch.panoptic_fpn import PanopticFPN
 from .meta_arch.rcnn import GeneralizedRCNN, ProposalNetwork
 from .meta_arch.retinanet import RetinaNet
