@@ -13,6 +13,7 @@ from .backbone import (
     BottleneckBlock,
     ResNet,
     ResNetBlockBase,
+    SwinTransformer,
     build_backbone,
     build_resnet_backbone,
     build_resnet_fpn_backbone,
