@@ -166,3 +166,33 @@ def test_sync_bn_norm_runs_in_a_single_process() -> None:
     model = _tiny(norm="SyncBN", se_ratio=0.25).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32))["s3"].shape == (1, 64, 2, 2)
+
+
+def test_pycls_pyth_checkpoint_loads_into_fpn_bottom_up(tmp_path) -> None:
+    """The 1x RegNet configs start from pycls ImageNet ``.pyth`` files: keys without the ``backbone.bottom_up.``
+    prefix, under ``model_state``, with a classifier head that has no place in the detector."""
+    from detlightning.checkpoint import DetectionCheckpointer
+    from detlightning.modeling.backbone import FPN
+
+    class Detector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = FPN(
+                bottom_up=_tiny(se_ratio=0.25, out_features=["s1", "s2", "s3"]),
+                in_features=["s1", "s2", "s3"],
+                out_channels=16,
+            )
+
+    torch.manual_seed(0)
+    imagenet = _tiny(se_ratio=0.25).state_dict()
+    imagenet = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in imagenet.items()}
+    imagenet["head.fc.weight"], imagenet["head.fc.bias"] = torch.randn(10, 64), torch.randn(10)
+    torch.save({"model_state": imagenet, "epoch": 100}, tmp_path / "RegNetY.pyth")
+
+    model = Detector()
+    DetectionCheckpointer(model).load(str(tmp_path / "RegNetY.pyth"))
+    loaded = model.backbone.bottom_up.state_dict()
+    for key, value in imagenet.items():
+        if key.startswith("head.") or key.endswith("num_batches_tracked"):
+            continue
+        torch.testing.assert_close(loaded[key], value, msg=key)
