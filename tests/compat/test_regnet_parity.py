@@ -1,6 +1,7 @@
-"""detectron2 parity of the RegNetY-4GF / RegNetX-4GF Mask R-CNNs (new_baselines/mask_rcnn_regnet{y,x}_4gf_dds_FPN_
-100ep_LSJ.py): state-dict keys/shapes against the manifests, RPN proposals and eval outputs on the stored input against
-detectron2's (tolerances of ../shared/compat/README.md)."""
+"""detectron2 parity of the RegNetY-4GF / RegNetX-4GF Mask R-CNNs built from our LazyConfig files
+new_baselines/mask_rcnn_regnet{y,x}_4gf_dds_FPN_100ep_LSJ.py: state-dict keys/shapes against the manifests, RPN
+proposals and eval outputs on the stored input against detectron2's (tolerances of ../shared/compat/README.md); the
+1x configs' RegNets against the same manifests."""
 from __future__ import annotations
 
 import functools
@@ -12,113 +13,24 @@ from . import _parity as P
 
 ARCHS = ["mask_rcnn_regnety_4gf_dds_FPN", "mask_rcnn_regnetx_4gf_dds_FPN"]
 
-# RegNet arguments of the two LazyConfigs (everything else is the shared LSJ Mask R-CNN)
-REGNET_ARGS = {
-    "mask_rcnn_regnety_4gf_dds_FPN": dict(depth=22, w_a=31.41, w_0=96, w_m=2.24, group_width=64, se_ratio=0.25),
-    "mask_rcnn_regnetx_4gf_dds_FPN": dict(depth=23, w_a=38.65, w_0=96, w_m=2.43, group_width=40),
-}
-
 
 @pytest.fixture(autouse=True)
 def _need_compat(compat_dir):
     return compat_dir
 
 
-def build_regnet_mask_rcnn(arch: str, test_score_thresh: float):
-    """Explicit constructor calls equal to detectron2's LazyConfig for ``arch``: common/models/mask_rcnn_fpn.py with
-    the LSJ changes (SyncBN everywhere, 2-conv RPN head, 4conv1fc box head, normed mask head) and a RegNet
-    bottom-up."""
-    from detlightning.layers import NaiveSyncBatchNorm, ShapeSpec
-    from detlightning.modeling import FPN, GeneralizedRCNN, RegNet
-    from detlightning.modeling.anchor_generator import DefaultAnchorGenerator
-    from detlightning.modeling.backbone.fpn import LastLevelMaxPool
-    from detlightning.modeling.backbone.regnet import ResBottleneckBlock, SimpleStem
-    from detlightning.modeling.box_regression import Box2BoxTransform
-    from detlightning.modeling.matcher import Matcher
-    from detlightning.modeling.poolers import ROIPooler
-    from detlightning.modeling.proposal_generator import RPN, StandardRPNHead
-    from detlightning.modeling.roi_heads import (
-        FastRCNNConvFCHead,
-        FastRCNNOutputLayers,
-        MaskRCNNConvUpsampleHead,
-        StandardROIHeads,
-    )
-
-    def head_norm(c: int):
-        return NaiveSyncBatchNorm(c)
-
-    bottom_up = RegNet(
-        stem_class=SimpleStem,
-        stem_width=32,
-        block_class=ResBottleneckBlock,
-        norm="SyncBN",
-        freeze_at=0,
-        out_features=["s1", "s2", "s3", "s4"],
-        **REGNET_ARGS[arch],
-    )
-    backbone = FPN(
-        bottom_up=bottom_up,
-        in_features=["s1", "s2", "s3", "s4"],
-        out_channels=256,
-        norm="SyncBN",
-        top_block=LastLevelMaxPool(),
-    )
-    scales = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
-    in_features = ["p2", "p3", "p4", "p5"]
-    rpn = RPN(
-        in_features=["p2", "p3", "p4", "p5", "p6"],
-        head=StandardRPNHead(in_channels=256, num_anchors=3, conv_dims=[-1, -1]),
-        anchor_generator=DefaultAnchorGenerator(
-            sizes=[[32], [64], [128], [256], [512]],
-            aspect_ratios=[0.5, 1.0, 2.0],
-            strides=[4, 8, 16, 32, 64],
-            offset=0.0,
-        ),
-        anchor_matcher=Matcher(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
-        box2box_transform=Box2BoxTransform(weights=[1.0, 1.0, 1.0, 1.0]),
-        batch_size_per_image=256,
-        positive_fraction=0.5,
-        pre_nms_topk=(2000, 1000),
-        post_nms_topk=(1000, 1000),
-        nms_thresh=0.7,
-    )
-    roi_heads = StandardROIHeads(
-        num_classes=80,
-        batch_size_per_image=512,
-        positive_fraction=0.25,
-        proposal_matcher=Matcher(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False),
-        box_in_features=in_features,
-        box_pooler=ROIPooler(output_size=7, scales=scales, sampling_ratio=0, pooler_type="ROIAlignV2"),
-        box_head=FastRCNNConvFCHead(
-            ShapeSpec(channels=256, height=7, width=7), conv_dims=[256] * 4, fc_dims=[1024], conv_norm=head_norm
-        ),
-        box_predictor=FastRCNNOutputLayers(
-            ShapeSpec(channels=1024),
-            test_score_thresh=test_score_thresh,
-            box2box_transform=Box2BoxTransform(weights=(10, 10, 5, 5)),
-            num_classes=80,
-        ),
-        mask_in_features=in_features,
-        mask_pooler=ROIPooler(output_size=14, scales=scales, sampling_ratio=0, pooler_type="ROIAlignV2"),
-        mask_head=MaskRCNNConvUpsampleHead(
-            ShapeSpec(channels=256, width=14, height=14), num_classes=80, conv_dims=[256] * 5, conv_norm=head_norm
-        ),
-    )
-    return GeneralizedRCNN(
-        backbone=backbone,
-        proposal_generator=rpn,
-        roi_heads=roi_heads,
-        pixel_mean=[103.530, 116.280, 123.675],
-        pixel_std=[57.375, 57.120, 58.395],
-        input_format="BGR",
-    )
-
-
 @functools.lru_cache(maxsize=None)
 def _model(arch: str):
+    """Our model from the LazyConfig file the manifest names (``model_zoo.get_config(name).model`` ->
+    ``instantiate``), with the test score threshold the reference was computed with."""
+    from detlightning import model_zoo
+    from detlightning.config import instantiate
+
     m = P.manifest(arch)
     assert m["input_format"] == "BGR" and m["test_size"] == [800, 1333]
-    return build_regnet_mask_rcnn(arch, m["roi_score_thresh_test"]).eval()
+    cfg = model_zoo.get_config(m["detectron2_config"])
+    cfg.model.roi_heads.box_predictor.test_score_thresh = m["roi_score_thresh_test"]
+    return instantiate(cfg.model).eval()
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,3 +97,22 @@ def test_regnet_backbones_are_what_the_configs_say() -> None:
     assert {k: v.channels for k, v in x.output_shape().items()} == {"s1": 80, "s2": 240, "s3": 560, "s4": 1360}
     assert all(s.stride == 4 * 2**i for i, s in enumerate(y.output_shape().values()))
     assert y.s1.b1.f.se is not None and x.s1.b1.f.se is None
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_1x_config_has_the_same_regnet_frozen(arch: str) -> None:
+    """COCO-InstanceSegmentation/mask_rcnn_regnet{x,y}_4gf_dds_fpn_1x.py: the same RegNet, frozen BN, stem and s1
+    frozen, so that pycls ImageNet weights load into it."""
+    from detlightning import model_zoo
+    from detlightning.config import instantiate
+    from detlightning.layers import FrozenBatchNorm2d
+
+    name = "COCO-InstanceSegmentation/mask_rcnn_regnet{}_4gf_dds_fpn_1x.py".format(arch[len("mask_rcnn_regnet")])
+    bottom_up = instantiate(model_zoo.get_config(name).model.backbone.bottom_up)
+    ref = P.manifest(arch)["shapes"]
+    prefix = "backbone.bottom_up."
+    ref = {k[len(prefix) :]: v for k, v in ref.items() if k.startswith(prefix) and "num_batches_tracked" not in k}
+    assert {k: list(v.shape) for k, v in bottom_up.state_dict().items()} == ref
+    assert all(isinstance(m, FrozenBatchNorm2d) for m in bottom_up.modules() if "BatchNorm" in type(m).__name__)
+    assert not any(p.requires_grad for p in [*bottom_up.stem.parameters(), *bottom_up.s1.parameters()])
+    assert all(p.requires_grad for p in bottom_up.s2.parameters())
