@@ -14,6 +14,7 @@ from .backbone import (
     RegNet,
     ResNet,
     ResNetBlockBase,
+    SwinTransformer,
     build_backbone,
     build_resnet_backbone,
     build_resnet_fpn_backbone,
@@ -23,6 +24,7 @@ from .backbone import (
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
 from .matcher import Matcher
 from .meta_arch.build import build_model
+from .meta_arch.fcos import FCOS
 from .meta_arch.panoptic_fpn import PanopticFPN
 from .meta_arch.rcnn import GeneralizedRCNN, ProposalNetwork
 from .meta_arch.retinanet import RetinaNet

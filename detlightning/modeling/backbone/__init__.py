@@ -14,5 +14,6 @@ from .resnet import (
     build_resnet_backbone,
     make_stage,
 )
+from .swin import SwinTransformer
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]
