@@ -11,6 +11,7 @@ from .backbone import (
     BasicBlock,
     BasicStem,
     BottleneckBlock,
+    RegNet,
     ResNet,
     ResNetBlockBase,
     SwinTransformer,
