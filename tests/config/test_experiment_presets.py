@@ -24,7 +24,9 @@ PRESETS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if p.stem != "shapes
 # a preset is named after its COCO / Misc model-zoo entry (LVIS, Cityscapes, VOC, ... entries have no preset yet)
 _PRESET_FOLDERS = ("COCO-Detection", "COCO-InstanceSegmentation", "COCO-Keypoints", "COCO-PanopticSegmentation", "Misc")
 ZOO_NAMES = [
-    n for n in model_zoo.list_configs() if Path(n).parent.as_posix() in _PRESET_FOLDERS and Path(n).stem in PRESETS
+    n
+    for n in model_zoo.list_configs()
+    if n.endswith(".yaml") and Path(n).parent.as_posix() in _PRESET_FOLDERS and Path(n).stem in PRESETS
 ]
 
 
