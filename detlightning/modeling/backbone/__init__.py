@@ -13,5 +13,7 @@ from .resnet import (
     build_resnet_backbone,
     make_stage,
 )
+from .vit import SimpleFeaturePyramid, ViT, get_vit_lr_decay_rate
+from .mvit import MViT
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]
