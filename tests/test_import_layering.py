@@ -48,8 +48,11 @@ def _imports(path: Path):
             yield name, id(node) in top_level
 
 
+CONFIG_FILES = PKG / "model_zoo" / "configs"  # LazyConfig files: user-level configs that may name any module
+
+
 def _files():
-    return sorted(p for p in PKG.rglob("*.py"))
+    return sorted(p for p in PKG.rglob("*.py") if CONFIG_FILES not in p.parents)
 
 
 @pytest.mark.parametrize("path", _files(), ids=lambda p: str(p.relative_to(PKG)))
@@ -69,6 +72,13 @@ def test_imports_point_the_right_way(path: Path):
             )
         if sub in NO_FRAMEWORK and module_level:
             assert parts[0] not in FRAMEWORKS, f"{rel} imports {name} at module level; {sub} must stay plain torch"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_FILES.rglob("*.py")), ids=lambda p: str(p.relative_to(CONFIG_FILES)))
+def test_lazy_config_files_need_no_training_framework(path: Path):
+    """A model-zoo LazyConfig describes models, data and schedules; it must load without Lightning or Hydra."""
+    for name, _ in _imports(path):
+        assert name.split(".")[0] not in FRAMEWORKS, f"{path.relative_to(PKG)} imports {name}"
 
 
 def test_plain_torch_entry_points_import_without_lightning():

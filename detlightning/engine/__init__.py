@@ -31,6 +31,7 @@ from .defaults import (
 )
 from .hooks import HookBase
 from .launch import launch
+from .lazy import LazyDetectionModule, build_lazy_trainer, lazy_evaluate, lazy_train
 from .module import DetectionModule
 from .predictor import DefaultPredictor
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
@@ -45,6 +46,7 @@ __all__ = [
     "HookBase",
     "IterationTimer",
     "LRLogger",
+    "LazyDetectionModule",
     "MemoryStats",
     "MetricsWriter",
     "PeriodicCheckpointer",
@@ -53,6 +55,7 @@ __all__ = [
     "TrainerBase",
     "VisualizePredictions",
     "build_callbacks",
+    "build_lazy_trainer",
     "build_loggers",
     "build_trainer",
     "create_ddp_model",
@@ -63,6 +66,8 @@ __all__ = [
     "find_resume_checkpoint",
     "hooks",
     "launch",
+    "lazy_evaluate",
+    "lazy_train",
     "prepare_cfg",
     "primary_metric",
     "train",

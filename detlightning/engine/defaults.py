@@ -67,15 +67,26 @@ def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> int:
     """What every training script does first (detectron2's ``default_setup(cfg, args)``): create the output dir
     (``paths.output_dir`` / ``OUTPUT_DIR``), save the config there (``config.yaml``), configure logging when no
     Hydra app did, log the command-line ``args`` and the environment, seed every RNG (``seed`` < 0: a random one)
-    and apply ``CUDNN_BENCHMARK``. Takes our ``DictConfig`` or a detectron2 ``CfgNode``. Returns the seed used."""
+    and apply ``CUDNN_BENCHMARK``. Takes our ``DictConfig``, a detectron2 ``CfgNode`` or a LazyConfig
+    (``train.output_dir``, ``train.seed``, ``train.cudnn_benchmark``; saved with ``LazyConfig.save``). Returns the
+    seed used."""
     from lightning.pytorch import seed_everything
 
-    out = str(cfg_get(cfg, "paths.output_dir", None) or "./output")
+    from .lazy import is_lazy_config
+
+    lazy = is_lazy_config(cfg)
+    out_key, seed_key = ("train.output_dir", "train.seed") if lazy else ("paths.output_dir", "seed")
+    out = str(OmegaConf.select(cfg, out_key) if lazy else cfg_get(cfg, out_key, None) or "./output")
     rank = comm.get_rank()
     if rank == 0:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "config.yaml"), "w") as f:
-            f.write(OmegaConf.to_yaml(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg.dump())
+        if lazy:
+            from ..config import LazyConfig
+
+            LazyConfig.save(cfg, os.path.join(out, "config.yaml"))
+        else:
+            with open(os.path.join(out, "config.yaml"), "w") as f:
+                f.write(OmegaConf.to_yaml(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg.dump())
     if not logging.getLogger().handlers:  # not under Hydra (which configures the root logger)
         from ..utils.logger import setup_logger
 
@@ -89,7 +100,9 @@ def default_setup(cfg: Any, args: argparse.Namespace | None = None) -> int:
                 logger.info("Contents of args.config_file=%s:\n%s", config_file, f.read())
     if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig) and "CUDNN_BENCHMARK" in cfg:
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
-    seed = int(cfg_get(cfg, "seed", -1))
+    if lazy:
+        torch.backends.cudnn.benchmark = bool(OmegaConf.select(cfg, "train.cudnn_benchmark", default=False))
+    seed = int(OmegaConf.select(cfg, seed_key, default=-1) if lazy else cfg_get(cfg, seed_key, -1))
     if seed < 0:
         from ..utils.env import seed_all_rng
 

@@ -57,7 +57,11 @@ class DetectionModule(DefaultBuilders, LightningModule):
         self.save_hyperparameters({"cfg": plain})
         self.cfg: DictConfig = OmegaConf.create(plain)
         OmegaConf.set_struct(self.cfg, True)
-        self.model: nn.Module = self.build_model(self.cfg)
+        self._init_state(self.build_model(self.cfg))
+
+    def _init_state(self, model: nn.Module) -> None:
+        """The model and the run state every module variant keeps (storage, evaluators, last results)."""
+        self.model: nn.Module = model
         # One storage for the whole run: writers (JSON, console) smooth over its history like detectron2's.
         self.storage = EventStorage(0)
         self._evaluators: dict[str, Any] = {}

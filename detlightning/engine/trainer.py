@@ -286,8 +286,9 @@ class DefaultTrainer(DefaultBuilders, TrainerBase):
         return out
 
 
-def _join_launched_processes(on_gpu: bool) -> dict[str, Any]:
-    """Lightning settings that reuse the process group ``launch`` created (Lightning starts no processes)."""
+def _join_launched_processes(on_gpu: bool, **ddp_kwargs: Any) -> dict[str, Any]:
+    """Lightning settings that reuse the process group ``launch`` created (Lightning starts no processes).
+    ``ddp_kwargs`` go to ``DDPStrategy`` (``broadcast_buffers``, ``ddp_comm_hook``, ...)."""
     from lightning.pytorch.plugins.environments import LightningEnvironment
     from lightning.pytorch.strategies import DDPStrategy
 
@@ -299,5 +300,7 @@ def _join_launched_processes(on_gpu: bool) -> dict[str, Any]:
     return {
         "devices": comm.get_local_size(),
         "num_nodes": comm.get_world_size() // comm.get_local_size(),
-        "strategy": DDPStrategy(cluster_environment=env, process_group_backend="nccl" if on_gpu else "gloo"),
+        "strategy": DDPStrategy(
+            cluster_environment=env, process_group_backend="nccl" if on_gpu else "gloo", **ddp_kwargs
+        ),
     }

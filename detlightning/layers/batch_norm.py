@@ -95,11 +95,19 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class NaiveSyncBatchNorm(nn.SyncBatchNorm):
-    """Synchronised BatchNorm; an alias of ``torch.nn.SyncBatchNorm`` kept for detectron2's "naiveSyncBN" name.
+    """Synchronised BatchNorm; ``torch.nn.SyncBatchNorm`` under detectron2's "naiveSyncBN" name and arguments.
 
     ``nn.SyncBatchNorm`` falls back to plain BatchNorm when no process group is running, so a "SyncBN" config also
-    works in single-process CPU tests.
+    works in single-process CPU tests. It weights each process's statistics by its number of samples and accepts
+    empty inputs, which is what detectron2's ``stats_mode="N"`` asks for; ``stats_mode=""`` (equal weights per
+    process) is accepted for compatibility and behaves the same.
     """
+
+    def __init__(self, *args: Any, stats_mode: str = "", **kwargs: Any) -> None:
+        if stats_mode not in ("", "N"):
+            raise ValueError(f"NaiveSyncBatchNorm stats_mode must be '' or 'N', got {stats_mode!r}")
+        super().__init__(*args, **kwargs)
+        self._stats_mode = stats_mode
 
 
 def _group_norm(channels: int) -> nn.Module:

@@ -2,8 +2,10 @@
 
 The yaml files under ``configs/`` are the model yaml files of detectron2's ``configs/`` folder (COCO, LVIS v0.5/v1,
 Cityscapes, Pascal VOC, Detectron1 comparisons, Misc) with the ``Base-*`` files they build on: same keys and
-hyper-parameters, ``_BASE_`` chains included. detectron2's LazyConfig ``.py`` files are not shipped, but their
-checkpoint URLs are known. Checkpoints are detectron2's released ``model_final_*.pkl`` files:
+hyper-parameters, ``_BASE_`` chains included. The ``.py`` files are LazyConfig files with the models and
+schedules of detectron2's Python configs (``common/``, ``new_baselines/``, the ``COCO-*`` ``.py`` entries, and
+ViTDet's ``projects/ViTDet/configs`` as ``ViTDet/``), written for detlightning.
+Checkpoints are detectron2's released ``model_final_*.pkl`` files:
 ``DetectionCheckpointer`` downloads them into the cache (``$DETLIGHTNING_CACHE``, default
 ``~/.torch/detlightning_cache``); offline, the error names the URL and the local path to place the file at.
 """
@@ -16,7 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..checkpoint import DetectionCheckpointer
-from ..config import CfgNode, get_d2_cfg, to_detlightning_cfg
+from ..config import CfgNode, LazyConfig, get_d2_cfg, instantiate, to_detlightning_cfg
 from ..modeling import build_model
 
 __all__ = [
@@ -117,12 +119,42 @@ class _ModelZooUrls:
         "Detectron1-Comparisons/keypoint_rcnn_R_50_FPN_1x": "137781195/model_final_cce136.pkl",
     }
 
+    # ViTDet's released models live under a folder named without the schedule: config name -> path under S3_PREFIX
+    VITDET_CONFIG_TO_PATH: dict[str, str] = {
+        f"ViTDet/COCO/{config}": f"ViTDet/COCO/{folder}/f{model_id}/model_final_{digest}.pkl"
+        for config, folder, model_id, digest in [
+            ("mask_rcnn_vitdet_b_100ep", "mask_rcnn_vitdet_b", 325346929, "61ccd1"),
+            ("mask_rcnn_vitdet_l_100ep", "mask_rcnn_vitdet_l", 325599698, "6146ed"),
+            ("mask_rcnn_vitdet_h_75ep", "mask_rcnn_vitdet_h", 329145471, "7224f1"),
+            ("cascade_mask_rcnn_vitdet_b_100ep", "cascade_mask_rcnn_vitdet_b", 325358525, "435fa9"),
+            ("cascade_mask_rcnn_vitdet_l_100ep", "cascade_mask_rcnn_vitdet_l", 328021305, "1a9f28"),
+            ("cascade_mask_rcnn_vitdet_h_75ep", "cascade_mask_rcnn_vitdet_h", 328730692, "f05665"),
+            ("cascade_mask_rcnn_swin_b_in21k_50ep", "cascade_mask_rcnn_swin_b_in21k", 342979038, "246a82"),
+            ("cascade_mask_rcnn_swin_l_in21k_50ep", "cascade_mask_rcnn_swin_l_in21k", 342979186, "7c897e"),
+            ("cascade_mask_rcnn_mvitv2_b_in21k_100ep", "cascade_mask_rcnn_mvitv2_b_in21k", 325820315, "8c3da3"),
+            ("cascade_mask_rcnn_mvitv2_l_in21k_50ep", "cascade_mask_rcnn_mvitv2_l_in21k", 325607715, "2141b0"),
+            ("cascade_mask_rcnn_mvitv2_h_in21k_36ep", "cascade_mask_rcnn_mvitv2_h_in21k", 326187358, "2234d7"),
+        ]
+    }
+
     @classmethod
     def query(cls, config_path: str) -> str | None:
-        """The checkpoint URL for a config name (with or without ``.yaml``), or None."""
-        name = _strip_extension(config_path)
+        """The checkpoint URL for a config name (with or without ``.yaml`` / ``.py``), or None."""
+        name = _strip_extension(_canonical_name(config_path))
+        if name in cls.VITDET_CONFIG_TO_PATH:
+            return cls.S3_PREFIX + cls.VITDET_CONFIG_TO_PATH[name]
         suffix = cls.CONFIG_PATH_TO_URL_SUFFIX.get(name)
         return None if suffix is None else f"{cls.S3_PREFIX}{name}/{suffix}"
+
+
+# ViTDet's configs live in detectron2's projects/ViTDet/configs; here they ship as model_zoo/configs/ViTDet.
+_VITDET_PROJECT_PREFIX = "projects/ViTDet/configs/"
+
+
+def _canonical_name(config_path: str) -> str:
+    if config_path.startswith(_VITDET_PROJECT_PREFIX):
+        return "ViTDet/" + config_path[len(_VITDET_PROJECT_PREFIX) :]
+    return config_path
 
 
 def _strip_extension(config_path: str) -> str:
@@ -133,11 +165,11 @@ def _strip_extension(config_path: str) -> str:
 
 
 def list_configs() -> list[str]:
-    """The config names shipped with detlightning (``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``, ...),
-    without the ``Base-*`` files they build on."""
-    return sorted(
-        p.relative_to(_CONFIG_ROOT).as_posix() for p in _CONFIG_ROOT.rglob("*.yaml") if not p.name.startswith("Base-")
-    )
+    """The config names shipped with detlightning (``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``,
+    ``"new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"``, ...), without the ``Base-*`` yaml files and the
+    ``common/`` LazyConfig parts the others build on."""
+    names = [p.relative_to(_CONFIG_ROOT).as_posix() for p in _CONFIG_ROOT.rglob("*") if p.suffix in (".yaml", ".py")]
+    return sorted(n for n in names if not Path(n).name.startswith("Base-") and "common/" not in n)
 
 
 def get_checkpoint_url(config_path: str) -> str:
@@ -162,19 +194,30 @@ def get_config_file(config_path: str) -> str:
     Raises:
         RuntimeError: not shipped (the message lists what is).
     """
-    name = config_path if config_path.endswith(".yaml") else config_path + ".yaml"
+    name = _canonical_name(config_path)
+    name = name if name.endswith((".yaml", ".py")) else name + ".yaml"
     path = _CONFIG_ROOT / name
     if ".." in Path(name).parts or not path.is_file():
         raise RuntimeError(f"{config_path!r} is not available in the model zoo. Available: {list_configs()}")
     return str(path)
 
 
-def get_config(config_path: str, trained: bool = False) -> CfgNode:
-    """The model-zoo config as detectron2's ``CfgNode``, as ``detectron2.model_zoo.get_config`` returns it.
+def get_config(config_path: str, trained: bool = False) -> CfgNode | DictConfig:
+    """The model-zoo config, as ``detectron2.model_zoo.get_config`` returns it: a ``CfgNode`` for a ``.yaml`` name,
+    the LazyConfig ``DictConfig`` (``model``, ``dataloader``, ``optimizer``, ``lr_multiplier``, ``train``) for a
+    ``.py`` name.
 
     Args:
-        trained: set ``MODEL.WEIGHTS`` to the released trained model instead of the file's ImageNet backbone.
+        trained: set ``MODEL.WEIGHTS`` / ``train.init_checkpoint`` to the released trained model instead of the
+            file's ImageNet backbone.
     """
+    if _canonical_name(config_path).endswith(".py"):
+        cfg = LazyConfig.load(get_config_file(config_path))
+        if trained:
+            if "train" not in cfg or "init_checkpoint" not in cfg.train:
+                raise ValueError(f"{config_path} has no train.init_checkpoint to set the trained weights in")
+            cfg.train.init_checkpoint = get_checkpoint_url(config_path)
+        return cfg
     cfg = get_d2_cfg()
     cfg.merge_from_file(get_config_file(config_path))
     if trained:
@@ -187,7 +230,10 @@ get_d2_config = get_config  # the name earlier detlightning versions used for th
 
 def get_hydra_config(config_path: str, trained: bool = False) -> DictConfig:
     """The model-zoo config converted to detlightning's Hydra config (``model.weights`` is the trained model's
-    URL when ``trained``, else the file's ImageNet backbone), e.g. to train it with the Lightning engine."""
+    URL when ``trained``, else the file's ImageNet backbone), e.g. to train it with the Lightning engine.
+    For yaml names only: a LazyConfig ``.py`` name is already an OmegaConf config (:func:`get_config`)."""
+    if _canonical_name(config_path).endswith(".py"):
+        raise ValueError(f"{config_path} is a LazyConfig file: use get_config() (it is already a DictConfig)")
     return to_detlightning_cfg(get_config(config_path, trained=trained))
 
 
@@ -207,6 +253,14 @@ def get(config_path: str, trained: bool = False, device: str | None = None) -> n
     cfg = get_config(config_path, trained=trained)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if isinstance(cfg, DictConfig):  # LazyConfig
+        model = instantiate(cfg.model).to(device)
+        init = cfg.get("train", {}).get("init_checkpoint", "")
+        if init:
+            DetectionCheckpointer(model).load(init)
+        else:
+            logger.warning("%s names no train.init_checkpoint: the model is randomly initialised", config_path)
+        return model
     cfg.MODEL.DEVICE = device
     model = build_model(cfg)
     weights = cfg.MODEL.WEIGHTS

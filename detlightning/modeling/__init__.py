@@ -15,6 +15,7 @@ from .backbone import (
     ResNet,
     ResNetBlockBase,
     SimpleFeaturePyramid,
+    SwinTransformer,
     ViT,
     build_backbone,
     build_resnet_backbone,
@@ -26,6 +27,7 @@ from .backbone.vit import get_vit_lr_decay_rate
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
 from .matcher import Matcher
 from .meta_arch.build import build_model
+from .meta_arch.fcos import FCOS
 from .meta_arch.panoptic_fpn import PanopticFPN
 from .meta_arch.rcnn import GeneralizedRCNN, ProposalNetwork
 from .meta_arch.retinanet import RetinaNet

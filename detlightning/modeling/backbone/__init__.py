@@ -15,5 +15,6 @@ from .resnet import (
 )
 from .vit import SimpleFeaturePyramid, ViT, get_vit_lr_decay_rate
 from .mvit import MViT
+from .swin import SwinTransformer
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

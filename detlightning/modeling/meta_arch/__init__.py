@@ -6,6 +6,7 @@ from .build import META_ARCH_REGISTRY, build_model  # noqa: I001  (registry firs
 from .rcnn import GeneralizedRCNN, ProposalNetwork
 from .dense_detector import DenseDetector
 from .retinanet import RetinaNet, RetinaNetHead
+from .fcos import FCOS, FCOSHead
 from .semantic_seg import SEM_SEG_HEADS_REGISTRY, SemanticSegmentor, SemSegFPNHead, build_sem_seg_head
 from .panoptic_fpn import PanopticFPN, combine_semantic_and_instance_outputs
 
@@ -13,6 +14,8 @@ __all__ = [
     "META_ARCH_REGISTRY",
     "SEM_SEG_HEADS_REGISTRY",
     "DenseDetector",
+    "FCOS",
+    "FCOSHead",
     "GeneralizedRCNN",
     "PanopticFPN",
     "ProposalNetwork",
