@@ -2,27 +2,23 @@
 state-dict keys/shapes against the manifests, and RPN proposals and eval outputs on the 1024 px RGB input against
 detectron2's (tolerances of ../shared/compat/README.md).
 
-The models are built by explicit constructor calls that mirror detectron2's LazyConfigs
-(configs/common/models/mask_rcnn_vitdet.py, projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py and
-cascade_mask_rcnn_mvitv2_b_in21k_100ep.py), with ``test_score_thresh`` = the manifest's ``roi_score_thresh_test``.
-One forward per model serves both output tests (~10 s each on CPU).
+The models come from our LazyConfig files of the names the manifests give (ViTDet/COCO/mask_rcnn_vitdet_b_100ep.py,
+ViTDet/COCO/cascade_mask_rcnn_mvitv2_b_in21k_100ep.py) as a detectron2 user builds them
+(``model_zoo.get_config(name).model`` -> ``instantiate``), with ``test_score_thresh`` = the manifest's
+``roi_score_thresh_test``. One forward per model serves both output tests (~10 s each on an idle CPU).
 """
 from __future__ import annotations
 
 import functools
-from functools import partial
 
 import pytest
 import torch
-from torch import nn
 
 from tests.conftest import COMPAT_DIR
 
 from . import _parity as P
 
 ARCHS = ["mask_rcnn_vitdet_b", "cascade_mask_rcnn_mvitv2_b"]
-IMAGENET_RGB_MEAN = [123.675, 116.28, 103.53]
-IMAGENET_RGB_STD = [58.395, 57.12, 57.375]
 
 
 @pytest.fixture(autouse=True)
@@ -30,187 +26,18 @@ def _need_compat(compat_dir):
     return compat_dir
 
 
-def _rpn_and_pooler_parts():
-    from detlightning.modeling import DefaultAnchorGenerator, Matcher, ROIPooler
-    from detlightning.modeling.box_regression import Box2BoxTransform
-    from detlightning.modeling.proposal_generator import RPN, StandardRPNHead
-
-    levels = ["p2", "p3", "p4", "p5"]
-    scales = (1.0 / 4, 1.0 / 8, 1.0 / 16, 1.0 / 32)
-    rpn = RPN(
-        in_features=levels + ["p6"],
-        head=StandardRPNHead(in_channels=256, num_anchors=3, conv_dims=[-1, -1]),
-        anchor_generator=DefaultAnchorGenerator(
-            sizes=[[32], [64], [128], [256], [512]],
-            aspect_ratios=[0.5, 1.0, 2.0],
-            strides=[4, 8, 16, 32, 64],
-            offset=0.0,
-        ),
-        anchor_matcher=Matcher(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
-        box2box_transform=Box2BoxTransform(weights=[1.0, 1.0, 1.0, 1.0]),
-        batch_size_per_image=256,
-        positive_fraction=0.5,
-        pre_nms_topk=(2000, 1000),
-        post_nms_topk=(1000, 1000),
-        nms_thresh=0.7,
-    )
-    box_pooler = ROIPooler(output_size=7, scales=scales, sampling_ratio=0, pooler_type="ROIAlignV2")
-    mask_pooler = ROIPooler(output_size=14, scales=scales, sampling_ratio=0, pooler_type="ROIAlignV2")
-    return levels, rpn, box_pooler, mask_pooler
-
-
-def _ln_box_head():
-    from detlightning.layers import ShapeSpec
-    from detlightning.modeling.roi_heads import FastRCNNConvFCHead
-
-    return FastRCNNConvFCHead(
-        ShapeSpec(channels=256, height=7, width=7), conv_dims=[256] * 4, fc_dims=[1024], conv_norm="LN"
-    )
-
-
-def _ln_mask_head():
-    from detlightning.layers import ShapeSpec
-    from detlightning.modeling.roi_heads import MaskRCNNConvUpsampleHead
-
-    return MaskRCNNConvUpsampleHead(
-        ShapeSpec(channels=256, width=14, height=14), num_classes=80, conv_dims=[256] * 5, conv_norm="LN"
-    )
-
-
-def build_mask_rcnn_vitdet_b(score_thresh: float):
-    """configs/common/models/mask_rcnn_vitdet.py (ViT-B: 768 wide, 12 blocks, global attention in 2, 5, 8, 11)."""
-    from detlightning.layers import ShapeSpec
-    from detlightning.modeling import GeneralizedRCNN, Matcher, SimpleFeaturePyramid, StandardROIHeads, ViT
-    from detlightning.modeling.backbone.fpn import LastLevelMaxPool
-    from detlightning.modeling.box_regression import Box2BoxTransform
-    from detlightning.modeling.roi_heads import FastRCNNOutputLayers
-
-    levels, rpn, box_pooler, mask_pooler = _rpn_and_pooler_parts()
-    backbone = SimpleFeaturePyramid(
-        net=ViT(
-            img_size=1024,
-            patch_size=16,
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            drop_path_rate=0.1,
-            window_size=14,
-            mlp_ratio=4,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            window_block_indexes=[0, 1, 3, 4, 6, 7, 9, 10],
-            residual_block_indexes=[],
-            use_rel_pos=True,
-            out_feature="last_feat",
-        ),
-        in_feature="last_feat",
-        out_channels=256,
-        scale_factors=(4.0, 2.0, 1.0, 0.5),
-        top_block=LastLevelMaxPool(),
-        norm="LN",
-        square_pad=1024,
-    )
-    roi_heads = StandardROIHeads(
-        num_classes=80,
-        batch_size_per_image=512,
-        positive_fraction=0.25,
-        proposal_matcher=Matcher(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False),
-        box_in_features=levels,
-        box_pooler=box_pooler,
-        box_head=_ln_box_head(),
-        box_predictor=FastRCNNOutputLayers(
-            ShapeSpec(channels=1024),
-            test_score_thresh=score_thresh,
-            box2box_transform=Box2BoxTransform(weights=(10, 10, 5, 5)),
-            num_classes=80,
-        ),
-        mask_in_features=levels,
-        mask_pooler=mask_pooler,
-        mask_head=_ln_mask_head(),
-    )
-    return GeneralizedRCNN(
-        backbone=backbone,
-        proposal_generator=rpn,
-        roi_heads=roi_heads,
-        pixel_mean=IMAGENET_RGB_MEAN,
-        pixel_std=IMAGENET_RGB_STD,
-        input_format="RGB",
-    )
-
-
-def build_cascade_mask_rcnn_mvitv2_b(score_thresh: float):
-    """projects/ViTDet/configs/COCO/cascade_mask_rcnn_mvitv2_b_in21k_100ep.py: MViTv2-B + FPN("LN", square 1024),
-    three class-agnostic cascade stages (IoU 0.5/0.6/0.7, box weights (10,10,5,5)/(20,20,10,10)/(30,30,15,15))."""
-    from detlightning.layers import ShapeSpec
-    from detlightning.modeling import FPN, CascadeROIHeads, GeneralizedRCNN, Matcher, MViT
-    from detlightning.modeling.backbone.fpn import LastLevelMaxPool
-    from detlightning.modeling.box_regression import Box2BoxTransform
-    from detlightning.modeling.roi_heads import FastRCNNOutputLayers
-
-    levels, rpn, box_pooler, mask_pooler = _rpn_and_pooler_parts()
-    out_features = ("scale2", "scale3", "scale4", "scale5")
-    backbone = FPN(
-        bottom_up=MViT(
-            embed_dim=96,
-            depth=24,
-            num_heads=1,
-            last_block_indexes=(1, 4, 20, 23),
-            residual_pooling=True,
-            drop_path_rate=0.4,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            out_features=out_features,
-        ),
-        in_features=out_features,
-        out_channels=256,
-        norm="LN",
-        top_block=LastLevelMaxPool(),
-        square_pad=1024,
-    )
-    stages = [(0.5, 10, 5), (0.6, 20, 10), (0.7, 30, 15)]
-    roi_heads = CascadeROIHeads(
-        num_classes=80,
-        batch_size_per_image=512,
-        positive_fraction=0.25,
-        box_in_features=levels,
-        box_pooler=box_pooler,
-        box_heads=[_ln_box_head() for _ in stages],
-        box_predictors=[
-            FastRCNNOutputLayers(
-                ShapeSpec(channels=1024),
-                test_score_thresh=score_thresh,
-                box2box_transform=Box2BoxTransform(weights=(w1, w1, w2, w2)),
-                cls_agnostic_bbox_reg=True,
-                num_classes=80,
-            )
-            for _, w1, w2 in stages
-        ],
-        proposal_matchers=[
-            Matcher(thresholds=[iou], labels=[0, 1], allow_low_quality_matches=False) for iou, _, _ in stages
-        ],
-        mask_in_features=levels,
-        mask_pooler=mask_pooler,
-        mask_head=_ln_mask_head(),
-    )
-    return GeneralizedRCNN(
-        backbone=backbone,
-        proposal_generator=rpn,
-        roi_heads=roi_heads,
-        pixel_mean=IMAGENET_RGB_MEAN,
-        pixel_std=IMAGENET_RGB_STD,
-        input_format="RGB",
-    )
-
-
-BUILDERS = {
-    "mask_rcnn_vitdet_b": build_mask_rcnn_vitdet_b,
-    "cascade_mask_rcnn_mvitv2_b": build_cascade_mask_rcnn_mvitv2_b,
-}
-
-
 @functools.lru_cache(maxsize=None)
 def _model(arch: str):
+    from detlightning import model_zoo
+    from detlightning.config import instantiate
+
+    manifest = P.manifest(arch)
+    cfg = model_zoo.get_config(manifest["detectron2_config"])
+    heads = cfg.model.roi_heads
+    for predictor in heads.box_predictors if "box_predictors" in heads else [heads.box_predictor]:
+        predictor.test_score_thresh = float(manifest["roi_score_thresh_test"])
     torch.manual_seed(0)
-    return BUILDERS[arch](float(P.manifest(arch)["roi_score_thresh_test"])).eval()
+    return instantiate(cfg.model).eval()
 
 
 @functools.lru_cache(maxsize=None)

@@ -260,7 +260,7 @@ class MViT(Backbone):
         global_blocks = set(last_block_indexes[1:])
         # the last blocks of stages 2 and 3 pool keys/values twice as much as the rest of their stage
         double_kv_blocks = {last_block_indexes[1], last_block_indexes[2]}
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
 
         dim, dim_out = embed_dim, embed_dim
         kv_stride, window = adaptive_kv_stride, adaptive_window_size

@@ -237,7 +237,7 @@ class ViT(Backbone):
         else:
             self.pos_embed = None
 
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         window_blocks, residual_blocks = set(window_block_indexes), set(residual_block_indexes)
         grid_size = (img_size // patch_size, img_size // patch_size)
         self.blocks = nn.ModuleList(
