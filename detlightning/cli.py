@@ -9,12 +9,16 @@
   (``model.weights=...`` wins over the file's ``MODEL.WEIGHTS``);
 * the built-in datasets the config parameterises (``datasets.shapes``) are registered with its parameters.
 
+:func:`load_lazy_config` is the same for LazyConfig ``.py`` files (``lazyconfig_train_net.py`` and
+``scripts/train.py lazy_config=...``).
+
 Plain torch and Hydra's compose API only: no Lightning (``plain_train_net.py`` stays Lightning-free).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,7 +27,7 @@ from .config.config import hydra_task_overrides
 from .config.d2_compat import command_line_keys
 from .data.datasets.shapes import register_shapes_from_cfg
 
-__all__ = ["setup_cfg"]
+__all__ = ["load_lazy_config", "setup_cfg"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,4 +50,33 @@ def setup_cfg(cfg_or_overrides: DictConfig | Sequence[str], overrides: Sequence[
     if OmegaConf.select(cfg, "d2_config", default=None):
         cfg = apply_d2_config(cfg, keep=command_line_keys(given))
     register_shapes_from_cfg(cfg)
+    return cfg
+
+
+def load_lazy_config(
+    config_file: str,
+    overrides: Sequence[str] = (),
+    output_dir: str | None = None,
+    updates: Mapping[str, Any] | None = None,
+) -> DictConfig:
+    """The LazyConfig a script runs with: ``config_file`` is a path or a model-zoo ``.py`` name; ``overrides`` are
+    Hydra-syntax ``key=value`` strings applied to it, ``updates`` a nested mapping of values (Hydra's ``lazy.*``
+    keys) applied after them; ``output_dir`` (e.g. the Hydra run dir) becomes ``train.output_dir`` unless an
+    override sets that key. Unknown keys are errors naming the key (see ``LazyConfig.apply_overrides``)."""
+    import os
+
+    from . import model_zoo
+    from .config import LazyConfig
+    from .config.lazy import apply_updates
+
+    path = config_file if os.path.isfile(config_file) else model_zoo.get_config_file(config_file)
+    cfg = LazyConfig.load(path)
+    overrides = [str(o) for o in overrides]
+    LazyConfig.apply_overrides(cfg, overrides)
+    flat = apply_updates(cfg, updates or {})
+    sets_output = "train.output_dir" in flat or any(
+        o.lstrip("+").split("=", 1)[0] == "train.output_dir" for o in overrides
+    )
+    if output_dir is not None and not sets_output and "train" in cfg:
+        cfg.train.output_dir = output_dir
     return cfg

@@ -5,6 +5,10 @@
         Mask R-CNN R50-FPN (random init) CPU inference seconds/image and training seconds/iteration, beside
         torchvision's maskrcnn_resnet50_fpn on the same input in the same run. Target: inference <= 0.8x and
         training <= 1.0x torchvision's time.
+    python scripts/benchmark.py models [--runs 3] [--warmup 1] [--only NAME ...]
+        CPU inference seconds/image of model-zoo models built from their LazyConfig files, with detectron2's
+        reference weights from ../shared/compat (so they produce real detections; random weights otherwise, said
+        so), at each config's test size: Mask R-CNN R50-FPN, RegNetY-4GF (LSJ), ViTDet-B.
     python scripts/benchmark.py loader [--iters 50]
         Images/second of the training data loader on the built-in shapes dataset.
     python scripts/benchmark.py coco_eval [--images 5000]
@@ -111,6 +115,66 @@ def bench_rcnn(args: argparse.Namespace) -> None:
           f"{results['tv_train']:.3f}  ratio {results['ours_train'] / results['tv_train']:.2f} (target <= 1.00)")
 
 
+# name -> (model-zoo LazyConfig, ../shared/compat reference set with its weights, input and test threshold)
+ZOO_MODELS = {
+    "mask_rcnn_R50_FPN": ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py", "mask_rcnn_R_50_FPN"),
+    "mask_rcnn_regnety_4gf_LSJ": ("new_baselines/mask_rcnn_regnety_4gf_dds_FPN_100ep_LSJ.py",
+                                  "mask_rcnn_regnety_4gf_dds_FPN"),
+    "mask_rcnn_vitdet_b": ("ViTDet/COCO/mask_rcnn_vitdet_b_100ep.py", "mask_rcnn_vitdet_b"),
+}
+
+
+def _compat_dir() -> Path | None:
+    import os
+
+    root = Path(os.environ.get("DETLIGHTNING_COMPAT_DIR", Path(__file__).resolve().parents[2] / "shared" / "compat"))
+    return root if (root / "weights.py").is_file() else None
+
+
+def _zoo_model_and_input(config_name: str, reference: str) -> tuple[torch.nn.Module, dict, str]:
+    """The eval-mode model of ``config_name``, its input, and where its weights came from."""
+    import importlib.util
+    import json
+
+    from detlightning import model_zoo
+    from detlightning.config import instantiate
+
+    cfg = model_zoo.get_config(config_name)
+    compat = _compat_dir()
+    manifest = json.loads((compat / reference / "manifest.json").read_text()) if compat else None
+    if manifest is not None:  # the threshold detectron2's reference outputs were computed with
+        heads = cfg.model.roi_heads
+        for predictor in heads.box_predictors if "box_predictors" in heads else [heads.box_predictor]:
+            predictor.test_score_thresh = manifest.get("roi_score_thresh_test", 0.05)
+    model = instantiate(cfg.model).eval()
+    if manifest is None:
+        size = 1024 if "vitdet" in config_name.lower() else 800
+        image = _synthetic_sample(size, size)[0]
+        return model, {"image": image, "height": size, "width": size}, "random init (no ../shared/compat)"
+    spec = importlib.util.spec_from_file_location("_compat_weights", compat / "weights.py")
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
+    state = weights.make_weights(manifest["shapes"], manifest["seed"])
+    incompatible = model.load_state_dict(state, strict=False)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys, incompatible
+    name = "astronaut_RGB_1024.pt" if manifest["input_format"] == "RGB" else "astronaut.pt"
+    inp = torch.load(compat / "inputs" / name, weights_only=True)
+    return model, inp, f"detectron2 reference weights ({reference})"
+
+
+def bench_models(args: argparse.Namespace) -> None:
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    for name, (config_name, reference) in ZOO_MODELS.items():
+        if args.only and name not in args.only:
+            continue
+        model, inp, source = _zoo_model_and_input(config_name, reference)
+        with torch.no_grad():
+            detections = len(model([inp])[0]["instances"])
+            seconds = _median_time(lambda m=model, x=inp: m([x]), args.runs, args.warmup)
+        size = "x".join(str(s) for s in inp["image"].shape[-2:])
+        print(f"{name:28s} {seconds:6.2f} s/image  input {size}  {detections} detections  [{config_name}; {source}]")
+
+
 def bench_loader(args: argparse.Namespace) -> None:
     from detlightning.cli import setup_cfg
     from detlightning.data.benchmark import benchmark_train_loader
@@ -143,6 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=800, help="short side of the input")
     p.add_argument("--skip-train", action="store_true")
     p.set_defaults(func=bench_rcnn)
+    p = sub.add_parser("models", help="inference speed of zoo LazyConfig models with reference weights")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--only", nargs="*", choices=sorted(ZOO_MODELS), help="a subset of the models")
+    p.set_defaults(func=bench_models)
     p = sub.add_parser("loader", help="training data loader images/second")
     p.add_argument("--dataset", default="shapes_train")
     p.add_argument("--iters", type=int, default=50)

@@ -15,26 +15,17 @@ overrides of the lazy config (``+key=value`` adds a key). ``train.amp.enabled=tr
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
-from detlightning import model_zoo
-from detlightning.config import LazyConfig
+from detlightning.cli import load_lazy_config
 from detlightning.engine import default_argument_parser, default_setup, launch, lazy_evaluate, lazy_train
 from detlightning.utils import comm
 
 logger = logging.getLogger("detlightning")
 
 
-def load_config(config_file: str, overrides: list[str] | None = None) -> Any:
-    """The lazy config at ``config_file`` (a path, or a model-zoo ``.py`` name) with ``overrides`` applied."""
-    path = config_file if os.path.isfile(config_file) else model_zoo.get_config_file(config_file)
-    cfg = LazyConfig.load(path)
-    return LazyConfig.apply_overrides(cfg, list(overrides or []))
-
-
 def main(args: Any) -> dict[str, Any]:
-    cfg = load_config(args.config_file, args.opts)
+    cfg = load_lazy_config(args.config_file, args.opts or [])
     default_setup(cfg, args)
     if args.eval_only:
         return lazy_evaluate(cfg)

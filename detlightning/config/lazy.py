@@ -35,7 +35,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, SCMode
 from ..utils.registry import locate
 from .instantiate import TARGET_KEY, target_to_string
 
-__all__ = ["LazyConfig"]
+__all__ = ["LazyConfig", "apply_updates"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,27 @@ class LazyConfig:
         body = [f"{prefix}{key} = {_py_expr(value, modules)}" for key, value in cfg.items_ex(resolve=False)]
         header = ["from detlightning.config import LazyCall as L"] + [f"import {m}" for m in sorted(modules)]
         return "\n".join(header + [""] + body) + "\n"
+
+
+def apply_updates(cfg: DictConfig, updates: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply a nested mapping of values (``{"train": {"max_iter": 5}}``) to ``cfg`` leaf by leaf, with the checks
+    of :meth:`LazyConfig.apply_overrides`; a mapping value replaces a ``None`` or merges into a config node.
+    Returns the flat ``{dotted key: value}`` applied."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items()
+        for key, value in items:
+            dotted = f"{prefix}{key}"
+            if isinstance(value, (DictConfig, Mapping)) and value and not OmegaConf.is_missing(node, key):
+                walk(value, dotted + ".")
+            else:
+                flat[dotted] = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+    walk(updates, "")
+    for key, value in flat.items():
+        _safe_update(cfg, key, value)
+    return flat
 
 
 def _safe_update(cfg: DictConfig, key: str, value: Any, add: bool = False) -> None:

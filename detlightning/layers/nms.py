@@ -26,4 +26,17 @@ def batched_nms(
             f"batched_nms: boxes, scores and idxs must have equal length, got "
             f"{boxes.size(0)}, {scores.size(0)}, {idxs.size(0)}"
         )
-    return box_ops.batched_nms(boxes.float(), scores.float(), idxs, iou_threshold)
+    boxes, scores = boxes.float(), scores.float()
+    # Few boxes: torchvision offsets each category's boxes apart and runs one NMS. Many boxes: torchvision runs one
+    # NMS per category, but finds each category's members with a full scan, which costs O(categories x boxes) (most
+    # of an LVIS model's inference at its 1e-4 score threshold: ~1.2M candidates in 1230 classes). Sorting once by
+    # category and splitting gives the same groups, hence the same result, at O(boxes log boxes).
+    if boxes.numel() <= (4000 if boxes.device.type == "cpu" else 20000) or torch.jit.is_tracing():
+        return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    order = torch.argsort(idxs, stable=True)
+    group_sizes = torch.unique_consecutive(idxs[order], return_counts=True)[1].tolist()
+    keep_mask = torch.zeros(boxes.size(0), dtype=torch.bool, device=boxes.device)
+    for members in torch.split(order, group_sizes):
+        keep_mask[members[box_ops.nms(boxes[members], scores[members], iou_threshold)]] = True
+    keep = keep_mask.nonzero().squeeze(1)
+    return keep[scores[keep].sort(descending=True)[1]]

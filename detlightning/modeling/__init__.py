@@ -12,6 +12,7 @@ from .backbone import (
     BasicStem,
     BottleneckBlock,
     MViT,
+    RegNet,
     ResNet,
     ResNetBlockBase,
     SimpleFeaturePyramid,

@@ -192,3 +192,21 @@ def assert_parity(figures: dict[str, float]) -> None:
     if "mask_iou" in figures and figures["mask_iou"] < TOL["mask_iou"]:
         problems.append(f"mean mask IoU {figures['mask_iou']:.4f} < {TOL['mask_iou']}")
     assert not problems, f"detectron2 parity failed: {problems}; figures: {figures}"
+
+
+# Tolerances of the special outputs (README: sem_seg argmax agreement; objectness of matched proposals: the score
+# tolerance, applied to logits).
+TOL["objectness"] = 1e-3
+TOL["sem_seg_agreement"] = 0.999
+
+
+def compare_proposals(ref: dict, ours) -> dict[str, float]:
+    """Parity figures of our proposals (``proposal_boxes``, ``objectness_logits``) against detectron2's stored ones:
+    class-free greedy IoU > 0.99 matching, then max abs box / objectness-logit differences of the matched pairs."""
+    ref_boxes, our_boxes = ref["proposal_boxes"], ours.proposal_boxes.tensor
+    m = greedy_match(ref_boxes, our_boxes)
+    r, o = torch.tensor(m.ref_idx, dtype=torch.long), torch.tensor(m.our_idx, dtype=torch.long)
+    out = {"proposal_fraction": m.fraction, "num_ref": m.num_ref, "num_ours": len(ours)}
+    out["box"] = float((ref_boxes[r] - our_boxes[o]).abs().max()) if len(r) else 0.0
+    out["objectness"] = float((ref["objectness_logits"][r] - ours.objectness_logits[o]).abs().max()) if len(r) else 0.0
+    return out

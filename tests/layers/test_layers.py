@@ -120,6 +120,21 @@ def test_batched_nms_per_class():
         batched_nms(boxes, scores[:2], torch.tensor([0, 0, 1]), 0.5)
 
 
+def test_batched_nms_many_boxes_equals_torchvision():
+    # > 1000 boxes takes the sort-by-category path; clustered boxes so that NMS suppresses within each category
+    from torchvision.ops import batched_nms as tv_batched_nms
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.rand(10, 2, generator=g) * 200
+    xy = centres[torch.randint(0, 10, (3000,), generator=g)] + torch.randn(3000, 2, generator=g) * 3
+    boxes = torch.cat([xy, xy + 20 + torch.rand(3000, 2, generator=g) * 5], dim=1)
+    scores = torch.rand(3000, generator=g)
+    idxs = torch.randint(0, 20, (3000,), generator=g)
+    keep = batched_nms(boxes, scores, idxs, 0.5)
+    assert 200 < len(keep) < 2000
+    assert torch.equal(keep, tv_batched_nms(boxes, scores, idxs, 0.5))
+
+
 def test_small_helpers():
     a = torch.ones(2)
     assert cat([a]) is a

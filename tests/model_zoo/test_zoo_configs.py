@@ -74,7 +74,7 @@ WITHOUT_CHECKPOINT = {
 
 
 def test_the_whole_yaml_zoo_ships() -> None:
-    assert model_zoo.list_configs() == NAMES
+    assert [n for n in model_zoo.list_configs() if n.endswith(".yaml")] == NAMES
     bases = sorted(p.relative_to(CONFIG_ROOT).as_posix() for p in CONFIG_ROOT.rglob("Base-*.yaml"))
     assert bases == [
         "Base-RCNN-C4.yaml",

@@ -172,7 +172,28 @@ def test_a_typo_in_an_override_is_an_error_naming_the_key(tmp_path):
         script.main(args)
 
 
-def test_model_zoo_names_are_accepted_as_config_file():
-    script = load_script("lazyconfig_train_net")
-    cfg = script.load_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py", ["train.max_iter=10"])
-    assert cfg.train.max_iter == 10 and cfg.model.roi_heads.num_classes == 80
+def test_model_zoo_names_are_accepted_as_config_file(tmp_path):
+    from detlightning.cli import load_lazy_config
+
+    cfg = load_lazy_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py", ["train.max_iter=10"], str(tmp_path))
+    assert cfg.train.max_iter == 10 and cfg.model.roi_heads.num_classes == 80 and cfg.train.output_dir == str(tmp_path)
+    cfg = load_lazy_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py", ["train.output_dir=/x"], str(tmp_path))
+    assert cfg.train.output_dir == "/x"  # a given output dir wins over the run dir
+
+
+def test_train_py_trains_a_lazy_config_through_hydra(shapes, tmp_path):
+    """The Hydra way: scripts/train.py lazy_config=<file> lazy_overrides=[...] (sweepable with -m)."""
+    from detlightning.config import compose
+
+    cfg_file = tmp_path / "my_config.py"
+    cfg_file.write_text(textwrap.dedent(CONFIG).replace("OUT", "unused"))
+    out = tmp_path / "run"
+    cfg = compose([f"lazy_config={cfg_file}", "+lazy.train.max_iter=2", "+lazy.model.roi_heads.num_classes=3",
+                   'lazy_overrides=["optimizer.lr=0.005"]', f"paths.output_dir={out}"])
+    results = load_script("train").run(cfg)
+    assert "bbox" in results["lazy_shapes_val"]
+    assert (out / "model_final.pth").is_file() and (out / "config.yaml").is_file()
+    saved = (out / "config.yaml").read_text()
+    assert "max_iter: 2" in saved and "num_classes: 3" in saved and "lr: 0.005" in saved
+    with pytest.raises(KeyError, match="train.max_itr"):
+        load_script("train").run(compose([f"lazy_config={cfg_file}", "+lazy.train.max_itr=2"]))

@@ -3,6 +3,7 @@ from .build import BACKBONE_REGISTRY, build_backbone  # noqa: I001  (registry fi
 
 from .backbone import Backbone
 from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone
+from .regnet import RegNet
 from .resnet import (
     BasicBlock,
     BasicStem,
