@@ -11,16 +11,20 @@ from .backbone import (
     BasicBlock,
     BasicStem,
     BottleneckBlock,
+    MViT,
     RegNet,
     ResNet,
     ResNetBlockBase,
+    SimpleFeaturePyramid,
     SwinTransformer,
+    ViT,
     build_backbone,
     build_resnet_backbone,
     build_resnet_fpn_backbone,
     build_retinanet_resnet_fpn_backbone,
     make_stage,
 )
+from .backbone.vit import get_vit_lr_decay_rate
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
 from .matcher import Matcher
 from .meta_arch.build import build_model

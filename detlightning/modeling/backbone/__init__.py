@@ -14,6 +14,8 @@ from .resnet import (
     build_resnet_backbone,
     make_stage,
 )
+from .vit import SimpleFeaturePyramid, ViT, get_vit_lr_decay_rate
+from .mvit import MViT
 from .swin import SwinTransformer
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]
