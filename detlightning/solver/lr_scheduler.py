@@ -66,9 +66,21 @@ class CosineParamScheduler(ParamScheduler):
 
 
 class MultiStepParamScheduler(ParamScheduler):
-    """``values[i]`` between ``milestones[i-1]`` and ``milestones[i]`` (iterations out of ``num_updates``)."""
+    """``values[i]`` between ``milestones[i-1]`` and ``milestones[i]`` (iterations out of ``num_updates``).
 
-    def __init__(self, values: list[float], num_updates: int, milestones: list[int]):
+    As in fvcore, ``num_updates`` may be left out when ``milestones`` has one entry per value: its last entry is
+    then the end of the schedule (``values=[1, 0.1, 0.01], milestones=[52500, 62500, 67500]``).
+    """
+
+    def __init__(self, values: list[float], num_updates: int | None = None, milestones: list[int] | None = None):
+        values, milestones = list(values), list(milestones or [])
+        if num_updates is None:
+            if len(milestones) != len(values) or not milestones:
+                raise ValueError(
+                    "MultiStepParamScheduler without num_updates needs one milestone per value (the last one ends "
+                    f"the schedule), got values {values}, milestones {milestones}"
+                )
+            num_updates, milestones = milestones[-1], milestones[:-1]
         if len(values) != len(milestones) + 1:
             raise ValueError(
                 f"MultiStepParamScheduler needs len(values) == len(milestones) + 1, got {values}, {milestones}"

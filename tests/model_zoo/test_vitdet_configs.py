@@ -65,7 +65,7 @@ def test_mvitv2_config(name):
     width, depth, heads, last_blocks, max_iter = MVIT[name]
     cfg = model_zoo.get_config(f"ViTDet/COCO/{name}.py")
     assert cfg.train.max_iter == max_iter
-    assert cfg.lr_multiplier.scheduler.num_updates == max_iter
+    assert instantiate(cfg.lr_multiplier.scheduler).num_updates == max_iter
     model = _meta_model(cfg)
     bottom_up = model.backbone.bottom_up
     assert isinstance(bottom_up, MViT) and len(bottom_up.blocks) == depth

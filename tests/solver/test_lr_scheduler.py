@@ -79,3 +79,14 @@ def test_build_optimizer_and_scheduler_read_a_detectron2_cfgnode():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.02) and opt.param_groups[0]["momentum"] == 0.8
     lrs = _lrs(build_lr_scheduler(cfg, opt), 62)
     assert lrs[59] == pytest.approx(0.02) and lrs[61] == pytest.approx(0.002)
+
+
+def test_multistep_param_scheduler_takes_fvcores_form_without_num_updates():
+    from detlightning.solver import MultiStepParamScheduler
+
+    explicit = MultiStepParamScheduler(values=[1.0, 0.1, 0.01], milestones=[6, 8], num_updates=10)
+    implicit = MultiStepParamScheduler(values=[1.0, 0.1, 0.01], milestones=[6, 8, 10])
+    points = [i / 10 for i in range(10)]
+    assert [implicit(w) for w in points] == [explicit(w) for w in points] == [1.0] * 6 + [0.1] * 2 + [0.01] * 2
+    with pytest.raises(ValueError, match="one milestone per value"):
+        MultiStepParamScheduler(values=[1.0, 0.1], milestones=[6])

@@ -16,12 +16,10 @@ model.backbone.bottom_up.update(
 
 train.init_checkpoint = "detectron2://ImageNetPretrained/mvitv2/MViTv2_H_in21k.pyth"
 
-# 36 epochs (detectron2 writes the end as a third milestone, 67500, for fvcore's scheduler)
+# 36 epochs; the last milestone ends the schedule (fvcore's form, no num_updates)
 train.max_iter = 67500
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01], milestones=[52500, 62500], num_updates=train.max_iter
-    ),
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[52500, 62500, 67500]),
     warmup_length=250 / train.max_iter,
     warmup_factor=0.001,
 )
