@@ -129,6 +129,13 @@ def test_rotated_box_hand_values_for_flips_crop_pad_and_resize():
     # x2 along x only: a box at 90 degrees has its width along y (unchanged) and its height along x (doubled)
     box90 = np.array([[10.0, 5.0, 4.0, 2.0, 90.0]])
     np.testing.assert_allclose(T.ResizeTransform(10, 20, 10, 40).apply_rotated_box(box90), [[20, 5, 4, 4, 90]])
+    # x2 along x at 45 degrees: detectron2's approximation keeps the image of the height side, which points along
+    # (sin, cos) = (1, 1) / sqrt(2) -> (2, 1) / sqrt(2): angle atan2(2, 1), both sides scaled by sqrt(2.5)
+    box45 = np.array([[10.0, 5.0, 4.0, 2.0, 45.0]])
+    np.testing.assert_allclose(
+        T.ResizeTransform(10, 20, 10, 40).apply_rotated_box(box45),
+        [[20, 5, 4 * math.sqrt(2.5), 2 * math.sqrt(2.5), math.degrees(math.atan2(2, 1))]],
+    )
     box0 = np.array([[10.0, 5.0, 4.0, 2.0, 0.0]])
     np.testing.assert_allclose(T.ScaleTransform(10, 20, 10, 40).apply_rotated_box(box0), [[20, 5, 8, 2, 0]])
     for t in (T.NoOpTransform(), T.BlendTransform(0.0, 0.5, 0.5), T.ColorTransform(lambda x: x)):

@@ -173,7 +173,7 @@ def _torch_interp(interp: str | int, where: str) -> str:
 
 
 class ScaleTransform(Transform):
-    """Resize an ``h x w`` image (or an (N, h, w, C) batch) to ``new_h x new_w`` with ``torch.nn.functional.interpolate``
+    """Resize an ``h x w`` image (or an (N, h, w, C) batch) to ``new_h x new_w`` with torch's ``interpolate``
     (``interp``: "nearest", "bilinear", "bicubic", "area", ...; ``align_corners=False``).
 
     Coordinates scale like :class:`ResizeTransform`'s; unlike it, pixels are resampled by torch, not PIL.
