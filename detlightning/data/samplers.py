@@ -5,6 +5,7 @@ initialised, as under Lightning's DDP strategies), so the loaders built with the
 - ``RandomSubsetTrainingSampler``: the same on a fixed random subset.
 - ``RepeatFactorTrainingSampler``: images of rare categories repeat (LVIS-style), stochastic rounding per epoch.
 - ``InferenceSampler``: each index exactly once over all ranks, in contiguous shards.
+- ``GroupedBatchSampler``: batches whose elements share a group id (e.g. the aspect-ratio group).
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data.sampler import Sampler
+from torch.utils.data.sampler import BatchSampler, Sampler
 
 from detlightning.utils import comm
 
@@ -25,6 +27,7 @@ __all__ = [
     "RandomSubsetTrainingSampler",
     "RepeatFactorTrainingSampler",
     "InferenceSampler",
+    "GroupedBatchSampler",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,3 +211,42 @@ class InferenceSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self._local_indices)
+
+
+class GroupedBatchSampler(BatchSampler):
+    """Batch the indices of ``sampler`` so that each batch holds ``batch_size`` indices of one group.
+
+    Indices are buffered per group (``group_ids[idx]``) in the order the sampler yields them; a group's buffer is
+    yielded as a batch as soon as it holds ``batch_size`` indices. Partial buffers are kept (across iterations of
+    this object) rather than yielded, so the number of batches is not known in advance and ``len()`` is undefined.
+    """
+
+    def __init__(self, sampler: Sampler, group_ids: Sequence[int] | np.ndarray, batch_size: int):
+        """
+        Args:
+            sampler: yields dataset indices.
+            group_ids: (len(dataset),) the group of each index.
+            batch_size: the size of each batch.
+        """
+        if not isinstance(sampler, Sampler):
+            raise ValueError(f"GroupedBatchSampler: sampler must be a torch.utils.data.Sampler, got {sampler!r}")
+        group_ids = np.asarray(group_ids)
+        if group_ids.ndim != 1:
+            raise ValueError(f"GroupedBatchSampler: group_ids must be one-dimensional, got shape {group_ids.shape}")
+        if batch_size <= 0:
+            raise ValueError(f"GroupedBatchSampler: batch_size must be positive, got {batch_size}")
+        self.sampler = sampler
+        self.group_ids = group_ids
+        self.batch_size = batch_size
+        self.buffer_per_group: dict[Any, list[int]] = {k: [] for k in np.unique(group_ids).tolist()}
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for idx in self.sampler:
+            buffer = self.buffer_per_group[self.group_ids[idx].item()]
+            buffer.append(idx)
+            if len(buffer) == self.batch_size:
+                yield buffer[:]
+                buffer.clear()
+
+    def __len__(self) -> int:
+        raise NotImplementedError("len() of GroupedBatchSampler is not well-defined: partial groups are held back")

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -367,9 +367,11 @@ class TensorboardXWriter(EventWriter):
 
 
 class CommonMetricPrinter(EventWriter):
-    """Log one line of common training metrics: ETA, iteration, losses, iteration/data time, lr, max GPU memory.
+    """Log one line of common training metrics: ETA, iteration, losses, other metrics, iteration/data time, lr,
+    max GPU memory.
 
-    Losses (scalars whose name contains ``"loss"``) are median-smoothed over ``window_size`` iterations.
+    Losses (scalars whose name contains ``"loss"``) and other metrics (scalars whose name contains ``"[metric]"``,
+    e.g. ``storage.put_scalar("[metric]grad_scaler", ...)``) are median-smoothed over ``window_size`` iterations.
     ``max_iter`` enables the ETA (and the printer stays silent once ``storage.iter == max_iter``).
     """
 
@@ -418,15 +420,19 @@ class CommonMetricPrinter(EventWriter):
         eta_string = self._get_eta(storage)
         max_mem_mb = torch.cuda.max_memory_allocated() / 1024.0 / 1024.0 if torch.cuda.is_available() else None
 
-        losses = "  ".join(
-            f"{k}: {h.median(max(1, storage.count_samples(k, self._window_size))):.4g}"
-            for k, h in storage.histories().items()
-            if "loss" in k
-        )
+        def _smoothed(selected: Callable[[str], bool]) -> str:
+            return "  ".join(
+                f"{k}: {h.median(max(1, storage.count_samples(k, self._window_size))):.4g}"
+                for k, h in storage.histories().items()
+                if selected(k)
+            )
+
         parts = [
             f"eta: {eta_string}" if eta_string else "",
             f"iter: {storage.iter}",
-            losses,
+            _smoothed(lambda k: "loss" in k),
+            # d2-parity: the other metrics printed are those put with the "[metric]" tag in their name
+            _smoothed(lambda k: "[metric]" in k and "loss" not in k),
             f"time: {avg_iter_time:.4f}" if avg_iter_time is not None else "",
             f"last_time: {last_iter_time:.4f}" if last_iter_time is not None else "",
             f"data_time: {avg_data_time:.4f}" if avg_data_time is not None else "",

@@ -37,11 +37,13 @@ def _check_img_dtype(img: np.ndarray) -> None:
 class Augmentation:
     """Base class: ``get_transform(*args)`` returns a Transform, possibly random.
 
-    ``input_args`` names the ``AugInput`` attributes ``get_transform`` needs (default ``("image",)``).
-    Randomness comes from numpy's global generator (seeded per data-loader worker).
+    ``input_args`` names the ``AugInput`` attributes passed to ``get_transform``, in order. When a subclass leaves
+    it None it is read from ``get_transform``'s signature: ``("image",)`` for a single parameter (whatever its name),
+    otherwise the parameter names, e.g. ``def get_transform(self, image, sem_seg)`` receives ``aug_input.image``
+    and ``aug_input.sem_seg``. Randomness comes from numpy's global generator (seeded per data-loader worker).
     """
 
-    input_args: tuple[str, ...] = ("image",)
+    input_args: tuple[str, ...] | None = None
 
     def _init(self, params: dict[str, Any] | None = None) -> None:
         if params:
@@ -98,11 +100,27 @@ class Augmentation:
 TransformGen = Augmentation
 
 
+def _resolve_input_args(aug: Augmentation) -> tuple[str, ...]:
+    """``aug.input_args``, derived from ``aug.get_transform``'s signature (and cached on ``aug``) when None."""
+    names = aug.input_args
+    if names is not None:
+        return tuple(names)
+    params = list(inspect.signature(aug.get_transform).parameters.values())
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        raise TypeError(
+            f"{type(aug).__name__}.get_transform takes *args/**kwargs, so the inputs it needs are unknown: "
+            "set the class attribute input_args (names of AugInput attributes) or override __call__"
+        )
+    # d2-parity: a single parameter is the image, whatever its name.
+    names = ("image",) if len(params) == 1 else tuple(p.name for p in params)
+    aug.input_args = names
+    return names
+
+
 def _get_aug_input_args(aug: Augmentation, aug_input: Any) -> list[Any]:
-    if aug.input_args == ("image",) and not hasattr(aug_input, "image"):
-        raise TypeError(f"{type(aug).__name__} needs an input with an 'image' attribute (an AugInput)")
+    """The values of ``aug_input``'s attributes named by ``aug``'s input_args, in order."""
     args = []
-    for name in aug.input_args:
+    for name in _resolve_input_args(aug):
         try:
             args.append(getattr(aug_input, name))
         except AttributeError as e:
@@ -119,7 +137,7 @@ class _TransformToAug(Augmentation):
     def __init__(self, tfm: Transform):
         self.tfm = tfm
 
-    def get_transform(self, *args: Any) -> Transform:
+    def get_transform(self, image: np.ndarray) -> Transform:
         return self.tfm
 
     def __repr__(self) -> str:

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
-from .augmentation import AugInput, Augmentation, _transform_to_aug
+from ...structures import Boxes, pairwise_iou
+from .augmentation import AugInput, Augmentation, _resolve_input_args, _transform_to_aug
 from .transform import (
     BlendTransform,
     CropTransform,
@@ -37,6 +39,9 @@ __all__ = [
     "ResizeScale",
     "ResizeShortestEdge",
     "FixedSizeCrop",
+    "RandomCrop_CategoryAreaConstraint",
+    "RandomResize",
+    "MinIoURandomCrop",
 ]
 
 
@@ -52,7 +57,7 @@ class RandomApply(Augmentation):
 
     @property
     def input_args(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self.aug.input_args
+        return _resolve_input_args(self.aug)
 
     def get_transform(self, *args: Any) -> Transform:
         do = self._rand_range() < self.prob
@@ -284,6 +289,120 @@ class RandomCrop(Augmentation):
         ch = np.random.randint(min(h, self.crop_size[0]), min(h, self.crop_size[1]) + 1)
         cw = np.random.randint(min(w, self.crop_size[0]), min(w, self.crop_size[1]) + 1)
         return int(ch), int(cw)
+
+
+class RandomCrop_CategoryAreaConstraint(Augmentation):  # noqa: N801  (detectron2's name)
+    """A :class:`RandomCrop` whose window is re-drawn (up to 10 times) until no single category of the semantic
+    segmentation covers more than ``single_category_max_area`` of it; the last window drawn is used otherwise.
+
+    ``ignored_category`` (e.g. the ignore label) is left out of the check. ``single_category_max_area >= 1``
+    turns the check off (a plain RandomCrop).
+    """
+
+    def __init__(
+        self,
+        crop_type: str,
+        crop_size: Sequence[float],
+        single_category_max_area: float = 1.0,
+        ignored_category: int | None = None,
+    ):
+        super().__init__()
+        self.crop_aug = RandomCrop(crop_type, crop_size)
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray, sem_seg: np.ndarray) -> Transform:
+        if self.single_category_max_area >= 1.0:
+            return self.crop_aug.get_transform(image)
+        if sem_seg is None:
+            raise ValueError("RandomCrop_CategoryAreaConstraint needs the input's sem_seg (it is None)")
+        h, w = sem_seg.shape
+        for _ in range(10):
+            crop_h, crop_w = self.crop_aug.get_crop_size((h, w))
+            y0 = np.random.randint(h - crop_h + 1)
+            x0 = np.random.randint(w - crop_w + 1)
+            labels, counts = np.unique(sem_seg[y0 : y0 + crop_h, x0 : x0 + crop_w], return_counts=True)
+            if self.ignored_category is not None:
+                counts = counts[labels != self.ignored_category]
+            # at least two categories, and the largest below the allowed share of the counted pixels
+            if len(counts) > 1 and counts.max() < counts.sum() * self.single_category_max_area:
+                break
+        return CropTransform(x0, y0, crop_w, crop_h)
+
+
+class RandomResize(Augmentation):
+    """Resize to a shape ``(h, w)`` drawn uniformly from ``shape_list``."""
+
+    def __init__(self, shape_list: Sequence[tuple[int, int]], interp: int = Image.BILINEAR):
+        super().__init__()
+        if len(shape_list) == 0:
+            raise ValueError("RandomResize: shape_list is empty")
+        self._init(locals())
+
+    def get_transform(self, image: np.ndarray) -> Transform:
+        h, w = self.shape_list[np.random.randint(low=0, high=len(self.shape_list))]
+        return ResizeTransform(image.shape[0], image.shape[1], int(h), int(w), self.interp)
+
+
+class MinIoURandomCrop(Augmentation):
+    """SSD-style crop: a random window whose IoU with every box is at least a threshold drawn from ``min_ious``.
+
+    Each of up to ``mode_trials`` rounds draws a mode from ``(1, *min_ious, 0)``: 1 means no crop; otherwise up to
+    ``crop_trials`` windows are drawn (sides uniform in ``[min_crop_size, 1]`` of the image's, aspect ratio h / w
+    in [0.5, 2]) and the first one with IoU >= the threshold with all boxes and containing at least one box centre
+    is used. Without boxes (``boxes`` None) nothing is cropped.
+    """
+
+    def __init__(
+        self,
+        min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+        min_crop_size: float = 0.3,
+        mode_trials: int = 1000,
+        crop_trials: int = 50,
+    ):
+        super().__init__()
+        self.min_ious = min_ious
+        self.sample_mode = (1, *min_ious, 0)
+        self.min_crop_size = min_crop_size
+        self.mode_trials = mode_trials
+        self.crop_trials = crop_trials
+
+    def get_transform(self, image: np.ndarray, boxes: np.ndarray | None) -> Transform:
+        if boxes is None:
+            return NoOpTransform()
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        h, w = image.shape[:2]
+        gt = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
+        centers = (boxes[:, :2] + boxes[:, 2:]) / 2
+        for _ in range(self.mode_trials):
+            mode = np.random.choice(self.sample_mode)
+            self.mode = mode
+            if mode == 1:
+                return NoOpTransform()
+            for _ in range(self.crop_trials):
+                new_w = np.random.uniform(self.min_crop_size * w, w)
+                new_h = np.random.uniform(self.min_crop_size * h, h)
+                if not 0.5 <= new_h / new_w <= 2:
+                    continue
+                # d2-parity: a single argument is numpy's `low` (high=1.0), as in detectron2 and mmdetection.
+                left = np.random.uniform(w - new_w)
+                top = np.random.uniform(h - new_h)
+                patch = np.array((int(left), int(top), int(left + new_w), int(top + new_h)))
+                if patch[2] == patch[0] or patch[3] == patch[1]:  # a line or a point
+                    continue
+                if len(boxes):
+                    ious = pairwise_iou(Boxes(torch.as_tensor(patch[None], dtype=torch.float32)), gt).reshape(-1)
+                    if ious.min() < mode:
+                        continue
+                    inside = (
+                        (centers[:, 0] > patch[0])
+                        & (centers[:, 1] > patch[1])
+                        & (centers[:, 0] < patch[2])
+                        & (centers[:, 1] < patch[3])
+                    )
+                    if not inside.any():
+                        continue
+                return CropTransform(int(left), int(top), int(new_w), int(new_h))
+        return NoOpTransform()
 
 
 class FixedSizeCrop(Augmentation):

@@ -3,8 +3,11 @@ annotations (coordinates, boxes, polygons, segmentation maps).
 
 The API is detectron2's (which re-exports fvcore's ``Transform``): ``apply_image``, ``apply_coords``,
 ``apply_box``, ``apply_polygons``, ``apply_segmentation`` and ``inverse``. This module holds the resampling
-transforms (resize, rotation, extent) and colour transforms, and re-exports the base classes and simple
-transforms of ``transform_base``.
+transforms (resize, scale, grid sampling, rotation, extent) and colour transforms, and re-exports the base classes
+and simple transforms of ``transform_base``.
+
+Rotated boxes (``apply_rotated_box``) are (N, 5) float arrays of (cx, cy, w, h, angle), angle in degrees
+counter-clockwise, as in ``BoxMode.XYWHA_ABS``.
 """
 from __future__ import annotations
 
@@ -18,11 +21,20 @@ from PIL import Image
 
 from . import transform_base
 from .transform_base import *  # noqa: F403  (re-exported: the base classes and the simple transforms)
-from .transform_base import CropTransform, NoOpTransform, Transform, TransformList
+from .transform_base import (
+    CropTransform,
+    NoOpTransform,
+    Transform,
+    TransformList,
+    _as_rotated_boxes,
+    _shift_rotated_boxes,
+)
 
 __all__ = [
     *transform_base.__all__,
     "ResizeTransform",
+    "ScaleTransform",
+    "GridSampleTransform",
     "RotationTransform",
     "ExtentTransform",
     "ColorTransform",
@@ -35,6 +47,25 @@ _PIL_TO_TORCH_MODE = {
     Image.BILINEAR: "bilinear",
     Image.BICUBIC: "bicubic",
 }
+
+
+def _scale_rotated_boxes(rotated_boxes: np.ndarray, sx: float, sy: float, where: str) -> np.ndarray:
+    """Rotated boxes under ``x -> sx * x, y -> sy * y``.
+
+    With ``sx != sy`` a rotated rectangle becomes a parallelogram; as in detectron2 it is approximated by the
+    rectangle whose height side is the image of the original height side (direction and length) and whose width is
+    the image of the width side's length.
+    """
+    out = _as_rotated_boxes(rotated_boxes, where)
+    out[:, 0] *= sx
+    out[:, 1] *= sy
+    theta = np.deg2rad(out[:, 4])
+    cos, sin = np.cos(theta), np.sin(theta)
+    # In image coordinates the width side points along (cos, -sin) and the height side along (sin, cos).
+    out[:, 2] *= np.hypot(sx * cos, sy * sin)
+    out[:, 3] *= np.hypot(sx * sin, sy * cos)
+    out[:, 4] = np.rad2deg(np.arctan2(sx * sin, sy * cos))
+    return out
 
 
 class ResizeTransform(Transform):
@@ -91,8 +122,120 @@ class ResizeTransform(Transform):
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
         return self.apply_image(segmentation, interp=Image.NEAREST)
 
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        return _scale_rotated_boxes(rotated_boxes, self.new_w / self.w, self.new_h / self.h, "ResizeTransform")
+
     def inverse(self) -> Transform:
         return ResizeTransform(self.new_h, self.new_w, self.h, self.w, self.interp)
+
+
+def _image_to_nchw(img: np.ndarray, where: str) -> torch.Tensor:
+    """(H, W), (H, W, C) or (N, H, W, C) array -> (N, C, H, W) tensor; non-float inputs become float32."""
+    if img.ndim not in (2, 3, 4):
+        raise ValueError(f"{where}: expects an image (H, W), (H, W, C) or (N, H, W, C), got shape {img.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(img))
+    if not t.is_floating_point():
+        t = t.float()
+    if img.ndim == 2:
+        return t[None, None]
+    if img.ndim == 3:
+        return t.permute(2, 0, 1)[None]
+    return t.permute(0, 3, 1, 2)
+
+
+def _nchw_to_image(t: torch.Tensor, shape: tuple[int, ...], dtype: np.dtype, interp: str) -> np.ndarray:
+    """Inverse of ``_image_to_nchw`` for a result tensor; integer dtypes are rounded (uint8 also clamped) back."""
+    if len(shape) == 2:
+        t = t[0, 0]
+    elif len(shape) == 3:
+        t = t[0].permute(1, 2, 0)
+    else:
+        t = t.permute(0, 2, 3, 1)
+    if dtype == np.bool_:
+        return (t >= 0.5).numpy()
+    if np.issubdtype(dtype, np.integer):
+        if interp != "nearest":
+            t = t.round()
+        if dtype == np.uint8:
+            t = t.clamp(0, 255)
+        return t.numpy().astype(dtype)
+    return t.numpy()
+
+
+def _torch_interp(interp: str | int, where: str) -> str:
+    """A torch interpolation mode; PIL constants (``Image.BILINEAR``, ...) are accepted too."""
+    if isinstance(interp, str):
+        return interp
+    mode = _PIL_TO_TORCH_MODE.get(interp)
+    if mode is None:
+        raise ValueError(f"{where}: interpolation {interp!r} is neither a torch mode name nor a PIL constant")
+    return mode
+
+
+class ScaleTransform(Transform):
+    """Resize an ``h x w`` image (or an (N, h, w, C) batch) to ``new_h x new_w`` with torch's ``interpolate``
+    (``interp``: "nearest", "bilinear", "bicubic", "area", ...; ``align_corners=False``).
+
+    Coordinates scale like :class:`ResizeTransform`'s; unlike it, pixels are resampled by torch, not PIL.
+    """
+
+    def __init__(self, h: int, w: int, new_h: int, new_w: int, interp: str = "bilinear"):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray, interp: str | None = None) -> np.ndarray:
+        size = img.shape[1:3] if img.ndim == 4 else img.shape[:2]
+        if tuple(size) != (self.h, self.w):
+            raise ValueError(f"ScaleTransform expects an image of size {(self.h, self.w)}, got {tuple(size)}")
+        mode = _torch_interp(interp if interp is not None else self.interp, "ScaleTransform")
+        kwargs = {"align_corners": False} if mode in ("linear", "bilinear", "bicubic", "trilinear") else {}
+        t = F.interpolate(_image_to_nchw(img, "ScaleTransform"), size=(self.new_h, self.new_w), mode=mode, **kwargs)
+        return _nchw_to_image(t, img.shape, img.dtype, mode)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        coords = np.array(coords, dtype=np.float64)
+        coords[:, 0] = coords[:, 0] * (self.new_w / self.w)
+        coords[:, 1] = coords[:, 1] * (self.new_h / self.h)
+        return coords
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return self.apply_image(segmentation, interp="nearest")
+
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        return _scale_rotated_boxes(rotated_boxes, self.new_w / self.w, self.new_h / self.h, "ScaleTransform")
+
+    def inverse(self) -> Transform:
+        return ScaleTransform(self.new_h, self.new_w, self.h, self.w, self.interp)
+
+
+class GridSampleTransform(Transform):
+    """Resample the image at the locations of ``grid`` with ``torch.nn.functional.grid_sample``.
+
+    ``grid``: (N, H_out, W_out, 2) float array of input (x, y) locations normalised to [-1, 1] by the input width
+    and height (-1 and 1 are the outer edges of the border pixels: ``align_corners=False``); locations outside are
+    clamped to the border. ``interp``: "nearest" or "bilinear". Coordinates cannot be mapped (no apply_coords).
+    """
+
+    def __init__(self, grid: np.ndarray, interp: str):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def apply_image(self, img: np.ndarray, interp: str | None = None) -> np.ndarray:
+        mode = interp if interp is not None else self.interp
+        x = _image_to_nchw(img, "GridSampleTransform")
+        grid = torch.from_numpy(np.ascontiguousarray(self.grid)).to(x.dtype)
+        if grid.ndim != 4 or grid.shape[-1] != 2 or grid.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"GridSampleTransform: grid must be (N, H, W, 2) with N = {x.shape[0]} images, got {tuple(grid.shape)}"
+            )
+        t = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+        return _nchw_to_image(t, img.shape, img.dtype, mode)
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("GridSampleTransform cannot map coordinates (the grid need not be invertible)")
+
+    def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
+        return self.apply_image(segmentation, interp="nearest")
 
 
 def _warp_affine(img: np.ndarray, out_to_in: np.ndarray, out_w: int, out_h: int, interp: int) -> np.ndarray:
@@ -178,6 +321,15 @@ class RotationTransform(Transform):
             return coords
         return coords @ self.rm_coords[:, :2].T + self.rm_coords[:, 2]
 
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        """Centres move like coordinates; sizes are kept and the angle grows by the rotation's ``angle``."""
+        out = _as_rotated_boxes(rotated_boxes, "RotationTransform")
+        if len(out) == 0 or self.angle % 360 == 0:
+            return out
+        out[:, :2] = self.apply_coords(out[:, :2])
+        out[:, 4] += self.angle
+        return out
+
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
         return self.apply_image(segmentation, interp=Image.NEAREST)
 
@@ -230,6 +382,13 @@ class ExtentTransform(Transform):
         coords[:, 1] = (coords[:, 1] - y0) * (h / (y1 - y0))
         return coords
 
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        """A shift to ``src_rect``'s corner, then a resize (see :class:`ResizeTransform`)."""
+        h, w = self.output_size
+        x0, y0, x1, y1 = (float(v) for v in self.src_rect)
+        shifted = _shift_rotated_boxes(rotated_boxes, -x0, -y0, "ExtentTransform")
+        return _scale_rotated_boxes(shifted, w / (x1 - x0), h / (y1 - y0), "ExtentTransform")
+
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
         return self.apply_image(segmentation, interp=Image.NEAREST)
 
@@ -251,6 +410,9 @@ class ColorTransform(Transform):
 
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
         return segmentation
+
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        return rotated_boxes
 
     def inverse(self) -> Transform:
         return NoOpTransform()

@@ -72,6 +72,15 @@ class Transform(metaclass=ABCMeta):
         A transform may change the number of polygons (a crop can remove some)."""
         return [self.apply_coords(np.asarray(p, dtype=np.float64)) for p in polygons]
 
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        """rotated_boxes: (N, 5) float of (cx, cy, w, h, angle): absolute pixels, angle in degrees counter-clockwise
+        (``BoxMode.XYWHA_ABS``) -> transformed (N, 5) array.
+
+        Defined by the transforms that keep a rotated box a rotated box (flips, crops, pads, resizes, rotations,
+        photometric ones); others raise NotImplementedError.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not define apply_rotated_box")
+
     def inverse(self) -> Transform:
         """The transform that undoes this one (NotImplementedError where it is not invertible)."""
         raise NotImplementedError(f"{type(self).__name__} has no inverse")
@@ -123,6 +132,29 @@ def _equal_default(value: Any, default: Any) -> bool:
         return bool(value == default)
     except Exception:
         return False
+
+
+def _as_rotated_boxes(rotated_boxes: np.ndarray, where: str) -> np.ndarray:
+    """A float64 (N, 5) copy of ``rotated_boxes`` (the input is never modified in place)."""
+    arr = np.array(rotated_boxes, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 5:
+        raise ValueError(f"{where}.apply_rotated_box expects (N, 5) boxes (cx, cy, w, h, angle), got {arr.shape}")
+    return arr
+
+
+def _shift_rotated_boxes(rotated_boxes: np.ndarray, dx: float, dy: float, where: str) -> np.ndarray:
+    out = _as_rotated_boxes(rotated_boxes, where)
+    out[:, 0] += dx
+    out[:, 1] += dy
+    return out
+
+
+def _mirror_rotated_boxes(rotated_boxes: np.ndarray, axis: int, size: float, where: str) -> np.ndarray:
+    """Mirror the centres along ``axis`` (0: x, 1: y) of an image ``size`` pixels long; a mirror negates the angle."""
+    out = _as_rotated_boxes(rotated_boxes, where)
+    out[:, axis] = size - out[:, axis]
+    out[:, 4] = -out[:, 4]
+    return out
 
 
 class TransformList(Transform):
@@ -200,6 +232,9 @@ class NoOpTransform(Transform):
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
         return coords
 
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        return rotated_boxes
+
     def inverse(self) -> Transform:
         return self
 
@@ -227,6 +262,10 @@ class HFlipTransform(Transform):
         coords[:, 0] = self.width - coords[:, 0]
         return coords
 
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        """The centre's x is mirrored and the angle negated."""
+        return _mirror_rotated_boxes(rotated_boxes, 0, self.width, "HFlipTransform")
+
     def inverse(self) -> Transform:
         return self
 
@@ -246,6 +285,10 @@ class VFlipTransform(Transform):
         coords = np.array(coords, dtype=np.float64)
         coords[:, 1] = self.height - coords[:, 1]
         return coords
+
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        """The centre's y is mirrored and the angle negated."""
+        return _mirror_rotated_boxes(rotated_boxes, 1, self.height, "VFlipTransform")
 
     def inverse(self) -> Transform:
         return self
@@ -299,6 +342,10 @@ class CropTransform(Transform):
         coords[:, 0] -= self.x0
         coords[:, 1] -= self.y0
         return coords
+
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        """Centres shift by ``(-x0, -y0)``; like ``apply_box``, boxes are not clipped to the window."""
+        return _shift_rotated_boxes(rotated_boxes, -self.x0, -self.y0, "CropTransform")
 
     def apply_polygons(self, polygons: list[np.ndarray]) -> list[np.ndarray]:
         """Clip each polygon to the crop window, then shift it; polygons left with < 3 points are dropped."""
@@ -361,6 +408,9 @@ class PadTransform(Transform):
         coords[:, 1] += self.y0
         return coords
 
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        return _shift_rotated_boxes(rotated_boxes, self.x0, self.y0, "PadTransform")
+
     def inverse(self) -> Transform:
         if self.orig_w is None or self.orig_h is None:
             raise NotImplementedError("PadTransform.inverse needs orig_w and orig_h")
@@ -390,6 +440,9 @@ class BlendTransform(Transform):
 
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
         return segmentation
+
+    def apply_rotated_box(self, rotated_boxes: np.ndarray) -> np.ndarray:
+        return rotated_boxes
 
     def inverse(self) -> Transform:
         # d2-parity: photometric changes are not undone (detectron2 returns a no-op as well).
