@@ -74,9 +74,11 @@ def _gt_mask(h: int, w: int, box: list[float]) -> np.ndarray:
 
 
 def _box_mask(h: int, w: int, xyxy: list[float]) -> np.ndarray:
+    """An L-shaped predicted mask: the box without its top-left quarter (so mask AP differs from box AP)."""
     m = np.zeros((h, w), dtype=bool)
     x0, y0, x1, y1 = (int(round(v)) for v in xyxy)
     m[y0:y1, x0:x1] = True
+    m[y0 : (y0 + y1) // 2, x0 : (x0 + x1) // 2] = False
     return m
 
 
@@ -153,6 +155,7 @@ def test_numbers_equal_lvis_eval(lvis_dataset, lvis_numpy_alias) -> None:
         assert _same(res[task], _lvis_eval_direct(json_file, direct, task)), task
     # a non-trivial case: every frequency group and size range scored, not all perfect
     assert all(0 < v <= 100 for v in res["bbox"].values()) and res["bbox"]["AP"] < 100, res["bbox"]
+    assert res["segm"]["AP"] < res["bbox"]["AP"]
 
     limited = _run_evaluator(name, preds, max_dets_per_image=1)
     assert _same(limited["bbox"], _lvis_eval_direct(json_file, direct, "bbox", max_dets=1))
