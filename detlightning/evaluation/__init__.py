@@ -6,6 +6,7 @@ Plain Python + torch: nothing here imports Lightning (the engine wires evaluator
 from .build import build_evaluator
 from .coco_evaluation import COCOEvaluator
 from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_context, inference_on_dataset
+from .lvis_evaluation import LVISEvaluator
 from .panoptic_evaluation import COCOPanopticEvaluator
 from .sem_seg_evaluation import SemSegEvaluator
 from .testing import flatten_results_dict, print_csv_format, verify_results
@@ -16,6 +17,7 @@ __all__ = [
     "COCOPanopticEvaluator",
     "DatasetEvaluator",
     "DatasetEvaluators",
+    "LVISEvaluator",
     "SemSegEvaluator",
     "flatten_results_dict",
     "inference_context",

@@ -9,6 +9,7 @@ from ..config.reader import cfg_get
 from ..data.catalog import MetadataCatalog
 from .coco_evaluation import COCOEvaluator
 from .evaluator import DatasetEvaluator, DatasetEvaluators
+from .lvis_evaluation import LVISEvaluator
 from .panoptic_evaluation import COCOPanopticEvaluator
 from .sem_seg_evaluation import SemSegEvaluator
 
@@ -30,6 +31,8 @@ def build_evaluator(cfg: Any, dataset_name: str, output_folder: str | None = Non
     sigmas = tuple(cfg_get(cfg, "test.keypoint_oks_sigmas") or ())
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_folder, kpt_oks_sigmas=sigmas)
+    if evaluator_type == "lvis":
+        return LVISEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "sem_seg":
         return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
     if evaluator_type == "coco_panoptic_seg":

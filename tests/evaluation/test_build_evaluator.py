@@ -19,7 +19,7 @@ def test_build_evaluator_by_evaluator_type(tmp_path) -> None:
     MetadataCatalog.get("be_pan").set(evaluator_type="coco_panoptic_seg", thing_classes=["t"], stuff_classes=["t", "s"],
                                       thing_dataset_id_to_contiguous_id={1: 0}, panoptic_root=str(tmp_path),
                                       panoptic_json=str(tmp_path / "p.json"))
-    MetadataCatalog.get("be_odd").set(evaluator_type="lvis")
+    MetadataCatalog.get("be_odd").set(evaluator_type="no_such_evaluator")
 
     sem = build_evaluator(cfg, "be_sem")
     assert isinstance(sem, SemSegEvaluator)

@@ -15,9 +15,10 @@ from ..catalog import DatasetCatalog
 from .builtin_meta import _get_builtin_metadata
 from .coco import register_coco_instances
 from .coco_panoptic import register_coco_panoptic, register_coco_panoptic_separated
+from .lvis import register_all_lvis
 from .shapes import register_shapes
 
-__all__ = ["register_all_coco", "datasets_root"]
+__all__ = ["register_all_coco", "register_all_lvis", "datasets_root"]
 
 _PREDEFINED_SPLITS_COCO: dict[str, dict[str, tuple[str, str]]] = {
     "coco": {
@@ -143,6 +144,8 @@ def _register_builtins() -> None:
     # Importing twice (e.g. importlib.reload) must not fail on "already registered".
     if "coco_2017_train" not in DatasetCatalog:
         register_all_coco(datasets_root())
+    if "lvis_v1_train" not in DatasetCatalog:
+        register_all_lvis(datasets_root())
     if "shapes_train" not in DatasetCatalog:
         register_shapes()
 

@@ -5,8 +5,10 @@ K + 1 outputs, the last one being background), B the box dimension (4 for XYXY b
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +128,18 @@ def _log_classification_stats(pred_logits: torch.Tensor, gt_classes: torch.Tenso
         storage.put_scalar(f"{prefix}/false_negative", num_false_negative / num_fg)
 
 
+def _fed_loss_cls_weights_from_datasets(dataset_names: Sequence[str], freq_weight_power: float) -> torch.Tensor:
+    """(K,) federated-loss class weights ``image_count ** freq_weight_power`` from the training datasets' metadata
+    ``class_image_count`` (LVIS datasets read it from their json)."""
+    if not dataset_names:
+        raise ValueError("MODEL.ROI_BOX_HEAD.USE_FED_LOSS needs DATASETS.TRAIN: the class weights come from the "
+                         "training datasets' category image counts")
+    # layering: modeling never imports the data package statically; a model built from a config asks for the
+    # training datasets' statistics by module name, when it is constructed (as detectron2's from_config does).
+    detection_utils = importlib.import_module("detlightning.data.detection_utils")
+    return detection_utils.get_fed_loss_cls_weights(list(dataset_names), freq_weight_power)
+
+
 class FastRCNNOutputLayers(nn.Module):
     """Two linear layers on per-ROI features: ``cls_score`` (K + 1 logits) and ``bbox_pred`` (K * B or B deltas)."""
 
@@ -225,9 +239,7 @@ class FastRCNNOutputLayers(nn.Module):
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
         cfg = cfg_view(cfg)
         box_head = cfg.model.roi_box_head
-        # The federated-loss class weights come from dataset statistics (the data package), which modeling must not
-        # import: whoever enables use_fed_loss passes get_fed_loss_cls_weights explicitly.
-        return {
+        ret = {
             "input_shape": input_shape,
             "box2box_transform": Box2BoxTransform(weights=tuple(box_head.bbox_reg_weights)),
             "num_classes": cfg.model.roi_heads.num_classes,
@@ -242,6 +254,13 @@ class FastRCNNOutputLayers(nn.Module):
             "use_sigmoid_ce": box_head.use_sigmoid_ce,
             "fed_loss_num_classes": box_head.fed_loss_num_classes,
         }
+        if box_head.use_fed_loss:
+            ret["get_fed_loss_cls_weights"] = functools.partial(
+                _fed_loss_cls_weights_from_datasets,
+                tuple(cfg.datasets.train),
+                float(box_head.fed_loss_freq_weight_power),
+            )
+        return ret
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (R, ...) per-ROI features -> scores (R, K + 1), proposal deltas (R, K * B) or (R, B)."""
