@@ -8,6 +8,7 @@ cityscapesscripts' numbers. Single machine only: every rank writes into rank 0's
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import tempfile
@@ -39,15 +40,39 @@ def _import_cityscapes(module: str) -> ModuleType:
                           ) from e
 
 
+def _numpy_for_scripts() -> ModuleType:
+    """numpy as cityscapesscripts 2.3 calls it: ``np.in1d`` (removed in numpy 2.4) is ``np.isin`` on the flattened
+    input. Handed to the scripts' module only; numpy itself is left alone."""
+    if hasattr(np, "in1d"):
+        return np
+    shim = ModuleType("numpy")
+    shim.__getattr__ = lambda name: getattr(np, name)  # type: ignore[method-assign]  # PEP 562
+    shim.in1d = lambda ar1, ar2, assume_unique=False, invert=False: np.isin(  # type: ignore[attr-defined]
+        np.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert)
+    return shim
+
+
+def _write_json(data: Any, path: str) -> None:
+    """cityscapesscripts' ``writeDict2JSON``, also for the numpy scalars its results hold under numpy 2."""
+    with open(path, "w") as f:
+        json.dump(data, f, default=lambda o: o.item() if isinstance(o, np.generic) else o.__dict__, sort_keys=True,
+                  indent=4)
+
+
 @contextmanager
 def _script_run(script: ModuleType, workdir: str, **overrides: Any) -> Iterator[None]:
     """Run a cityscapesscripts evaluation inside ``workdir`` (it writes stray files such as ``matches.json`` into
-    the current directory) with its module-level ``args`` overridden, restoring both afterwards. The scripts exit
-    the process on errors; that becomes a RuntimeError."""
+    the current directory) with its module-level ``args`` overridden, and with numpy and its json writer working on
+    numpy 2.4 (see :func:`_numpy_for_scripts`, :func:`_write_json`), restoring all afterwards. The scripts exit the
+    process on errors; that becomes a RuntimeError."""
     saved = {k: getattr(script.args, k, None) for k in overrides}
+    patches = {"np": _numpy_for_scripts(), "writeDict2JSON": _write_json}
+    saved_module = {k: getattr(script, k) for k in patches if hasattr(script, k)}
     cwd = os.getcwd()
     for k, v in overrides.items():
         setattr(script.args, k, v)
+    for k in saved_module:
+        setattr(script, k, patches[k])
     os.chdir(workdir)
     try:
         yield
@@ -55,6 +80,8 @@ def _script_run(script: ModuleType, workdir: str, **overrides: Any) -> Iterator[
         raise RuntimeError(f"{script.__name__} failed (exit status {e.code}); its ERROR line is printed above") from e
     finally:
         os.chdir(cwd)
+        for k, v in saved_module.items():
+            setattr(script, k, v)
         for k, v in saved.items():
             setattr(script.args, k, v)
 
@@ -141,7 +168,7 @@ class CityscapesInstanceEvaluator(CityscapesEvaluator):
             lambda script, gt: script.getPrediction(gt, script.args),
             gtInstancesFile=os.path.join(self._temp_dir, "gtInstances.json"),
         )["averages"]
-        return OrderedDict(segm={"AP": results["allAp"] * 100, "AP50": results["allAp50%"] * 100})
+        return OrderedDict(segm={"AP": float(results["allAp"] * 100), "AP50": float(results["allAp50%"] * 100)})
 
 
 class CityscapesSemSegEvaluator(CityscapesEvaluator):
@@ -174,9 +201,6 @@ class CityscapesSemSegEvaluator(CityscapesEvaluator):
             "*_gtFine_labelIds.png",
             lambda script, gt: script.getPrediction(script.args, gt),
         )
-        return OrderedDict(sem_seg={
-            "IoU": 100.0 * results["averageScoreClasses"],
-            "iIoU": 100.0 * results["averageScoreInstClasses"],
-            "IoU_sup": 100.0 * results["averageScoreCategories"],
-            "iIoU_sup": 100.0 * results["averageScoreInstCategories"],
-        })
+        keys = {"IoU": "averageScoreClasses", "iIoU": "averageScoreInstClasses", "IoU_sup": "averageScoreCategories",
+                "iIoU_sup": "averageScoreInstCategories"}
+        return OrderedDict(sem_seg={k: float(100.0 * results[v]) for k, v in keys.items()})
