@@ -1,5 +1,5 @@
 """Register the built-in datasets: COCO (2014/2017 instances, person keypoints, panoptic) under detectron2's names,
-and the generated "shapes" dataset.
+Cityscapes, Pascal VOC, ADE20K, and the generated "shapes" dataset.
 
 COCO is expected under ``$DETLIGHTNING_DATASETS`` (default ``./datasets``) with detectron2's layout
 (``coco/train2017``, ``coco/annotations/instances_train2017.json``, ...). Registration is free and does not
@@ -11,14 +11,23 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..catalog import DatasetCatalog
+from ..catalog import DatasetCatalog, MetadataCatalog
+from .ade20k import register_all_ade20k
 from .builtin_meta import _get_builtin_metadata
+from .cityscapes import (
+    CITYSCAPES_STUFF_CLASSES,
+    CITYSCAPES_THING_CLASSES,
+    load_cityscapes_instances,
+    load_cityscapes_semantic,
+)
 from .coco import register_coco_instances
 from .coco_panoptic import register_coco_panoptic, register_coco_panoptic_separated
 from .lvis import register_all_lvis
+from .pascal_voc import register_pascal_voc
 from .shapes import register_shapes
 
 __all__ = ["register_all_coco", "register_all_lvis", "datasets_root"]
+__all__ += ["register_all_cityscapes", "register_all_pascal_voc", "register_all_ade20k"]
 
 _PREDEFINED_SPLITS_COCO: dict[str, dict[str, tuple[str, str]]] = {
     "coco": {
@@ -140,6 +149,41 @@ def register_all_coco(root: str) -> None:
         )
 
 
+# ==== Cityscapes, Pascal VOC (ADE20K: .ade20k.register_all_ade20k) ====
+# name (with "{task}" = instance_seg | sem_seg) -> (image dir, gtFine dir), under $DETLIGHTNING_DATASETS
+_RAW_CITYSCAPES_SPLITS = {
+    f"cityscapes_fine_{{task}}_{split}": (f"cityscapes/leftImg8bit/{split}/", f"cityscapes/gtFine/{split}/")
+    for split in ("train", "val", "test")
+}
+
+
+def register_all_cityscapes(root: str) -> None:
+    """Register ``cityscapes_fine_{instance_seg,sem_seg}_{train,val,test}`` with paths under ``root``."""
+    for key, (image_dir, gt_dir) in _RAW_CITYSCAPES_SPLITS.items():
+        image_dir, gt_dir = os.path.join(root, image_dir), os.path.join(root, gt_dir)
+        meta = {"thing_classes": list(CITYSCAPES_THING_CLASSES), "stuff_classes": list(CITYSCAPES_STUFF_CLASSES),
+                "image_dir": image_dir, "gt_dir": gt_dir}
+        inst_key = key.format(task="instance_seg")
+        DatasetCatalog.register(
+            inst_key, lambda x=image_dir, y=gt_dir: load_cityscapes_instances(x, y, from_json=True, to_polygons=True)
+        )
+        MetadataCatalog.get(inst_key).set(evaluator_type="cityscapes_instance", **meta)
+        sem_key = key.format(task="sem_seg")
+        DatasetCatalog.register(sem_key, lambda x=image_dir, y=gt_dir: load_cityscapes_semantic(x, y))
+        MetadataCatalog.get(sem_key).set(evaluator_type="cityscapes_sem_seg", ignore_label=255, **meta)
+
+
+def register_all_pascal_voc(root: str) -> None:
+    """Register ``voc_2007_{trainval,train,val,test}`` and ``voc_2012_{trainval,train,val}`` (VOC2012's test
+    annotations are not public) with ``VOC2007`` / ``VOC2012`` under ``root``."""
+    for year, splits in ((2007, ("trainval", "train", "val", "test")), (2012, ("trainval", "train", "val"))):
+        for split in splits:
+            name = f"voc_{year}_{split}"
+            register_pascal_voc(name, os.path.join(root, f"VOC{year}"), split, year)
+            MetadataCatalog.get(name).evaluator_type = "pascal_voc"
+# ==== end Cityscapes, Pascal VOC ====
+
+
 def _register_builtins() -> None:
     # Importing twice (e.g. importlib.reload) must not fail on "already registered".
     if "coco_2017_train" not in DatasetCatalog:
@@ -148,6 +192,10 @@ def _register_builtins() -> None:
         register_all_lvis(datasets_root())
     if "shapes_train" not in DatasetCatalog:
         register_shapes()
+    if "cityscapes_fine_instance_seg_train" not in DatasetCatalog:
+        register_all_cityscapes(datasets_root())
+        register_all_pascal_voc(datasets_root())
+        register_all_ade20k(datasets_root())
 
 
 _register_builtins()
