@@ -24,6 +24,11 @@ ALLOWED: dict[str, set[str]] = {
     "solver": {"utils", "config"},
     "conf": set(),
 }
+# single files allowed one more arrow, with the reason
+FILE_EXCEPTIONS: dict[str, set[str]] = {
+    # detectron2 keeps DatasetMapperTTA (resize/flip augmentations) beside GeneralizedRCNNWithTTA in modeling
+    "modeling/test_time_augmentation.py": {"data"},
+}
 # these must stay plain torch: no Lightning or Hydra at module level
 NO_FRAMEWORK = {"modeling", "layers", "structures"}
 FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra")
@@ -63,6 +68,7 @@ def test_imports_point_the_right_way(path: Path):
     sub = rel.parts[0]
     allowed = ALLOWED.get(sub)
     assert allowed is not None, f"new subpackage detlightning/{sub}: add it to ALLOWED in {__file__}"
+    allowed = allowed | FILE_EXCEPTIONS.get(rel.as_posix(), set())
     for name, module_level in _imports(path):
         parts = name.split(".")
         if parts[0] == "detlightning" and len(parts) > 1:

@@ -56,10 +56,6 @@ _UNSUPPORTED: dict[str, str] = {
     "SOLVER.REFERENCE_WORLD_SIZE": "no automatic rescaling by device count: set dataloader.ims_per_batch, "
     "solver.base_lr/max_iter/steps for your devices",
     "TEST.EXPECTED_RESULTS": "no built-in accuracy check after training",
-    "TEST.AUG.ENABLED": "test-time augmentation is not implemented",
-    "TEST.AUG.MIN_SIZES": "test-time augmentation is not implemented",
-    "TEST.AUG.MAX_SIZE": "test-time augmentation is not implemented",
-    "TEST.AUG.FLIP": "test-time augmentation is not implemented",
     "FLOAT32_PRECISION": "call torch.set_float32_matmul_precision(...) in your script",
     "GLOBAL.HACK": "detectron2's global_cfg scratch space has no equivalent",
 }

@@ -67,6 +67,9 @@ class DetectionModule(DefaultBuilders, LightningModule):
         self._evaluators: dict[str, Any] = {}
         self._eval_names: list[str] = []
         self._eval_active: list[Any] = []
+        # test.aug.enabled: the GeneralizedRCNNWithTTA wrapper of this evaluation (a dict, so the wrapper is not
+        # registered as a submodule and its parameters do not appear twice in checkpoints)
+        self._eval_wrapper: dict[str, nn.Module] = {}
         self.last_results: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.last_eval_step: int = -1
 
@@ -135,6 +138,19 @@ class DetectionModule(DefaultBuilders, LightningModule):
             self._evaluators[name] = self.build_evaluator(self.cfg, name)
         return self._evaluators[name]
 
+    def eval_model(self) -> nn.Module:
+        """What validation and test run on each batch: ``self.model``, or with ``test.aug.enabled``
+        (TEST.AUG.ENABLED) ``GeneralizedRCNNWithTTA(cfg, self.model)``; the results keep their usual keys."""
+        if not OmegaConf.select(self.cfg, "test.aug.enabled", default=False):
+            return self.model
+        wrapper = self._eval_wrapper.get("tta")
+        if wrapper is None or wrapper.model is not self.model:
+            from ..modeling.test_time_augmentation import GeneralizedRCNNWithTTA
+
+            wrapper = GeneralizedRCNNWithTTA(self.cfg, self.model)
+            self._eval_wrapper["tta"] = wrapper
+        return wrapper
+
     def _start_eval(self) -> None:
         self._eval_names = self.eval_dataset_names()
         self._eval_active = [self._get_evaluator(n) for n in self._eval_names]
@@ -143,7 +159,7 @@ class DetectionModule(DefaultBuilders, LightningModule):
                 ev.reset()
 
     def _eval_step(self, batch: list[dict[str, Any]], dataloader_idx: int) -> list[dict[str, Any]]:
-        outputs = self.model(batch)
+        outputs = self.eval_model()(batch)
         if dataloader_idx < len(self._eval_active) and self._eval_active[dataloader_idx] is not None:
             self._eval_active[dataloader_idx].process(batch, outputs)
         return outputs

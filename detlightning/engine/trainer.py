@@ -253,8 +253,17 @@ class DefaultTrainer(DefaultBuilders, TrainerBase):
 
     @classmethod
     def test_with_TTA(cls, cfg: Any, model: nn.Module) -> OrderedDict[str, Any]:  # noqa: N802  (detectron2's name)
-        """Test-time augmentation hook point of detectron2's train_net.py; detlightning has no TTA wrapper yet."""
-        raise NotImplementedError("test-time augmentation (GeneralizedRCNNWithTTA) is not implemented in detlightning")
+        """:meth:`test` through ``GeneralizedRCNNWithTTA(cfg, model)`` (TEST.AUG sizes and flip), evaluators writing
+        to ``OUTPUT_DIR/inference_TTA``; the result keys get a ``_TTA`` suffix (``bbox_TTA`` for one dataset,
+        ``<dataset>_TTA`` for several), as detectron2's train_net.py returns them."""
+        from ..modeling.test_time_augmentation import GeneralizedRCNNWithTTA
+
+        logger.info("Running inference with test-time augmentation ...")
+        tta_model = GeneralizedRCNNWithTTA(cfg, model)
+        folder = os.path.join(str(cfg_view(cfg).paths.output_dir or "./output"), "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=folder) for name in cfg_view(cfg).datasets.test]
+        results = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
 
     @staticmethod
     def auto_scale_workers(cfg: Any, num_workers: int) -> Any:

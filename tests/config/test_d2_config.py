@@ -165,7 +165,8 @@ def test_key_map_covers_every_detectron2_key_and_targets_exist() -> None:
     assert D2_KEY_MAP["MODEL.ROI_HEADS.NUM_CLASSES"] == "model.roi_heads.num_classes"
     assert D2_KEY_MAP["SOLVER.IMS_PER_BATCH"] == "dataloader.ims_per_batch"
     assert D2_KEY_MAP["TEST.EVAL_PERIOD"] == "solver.eval_period"
-    assert D2_KEY_MAP["TEST.AUG.ENABLED"] is None
+    assert D2_KEY_MAP["TEST.AUG.ENABLED"] == "test.aug.enabled"
+    assert D2_KEY_MAP["FLOAT32_PRECISION"] is None
 
 
 def _as_plain(value):
@@ -218,17 +219,17 @@ def test_unsupported_non_default_keys_are_reported_by_name() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the model-zoo file itself uses nothing unsupported: no warning
         to_detlightning_cfg(d2, strict=True)
-    d2.merge_from_list(["TEST.AUG.ENABLED", "True", "SOLVER.REFERENCE_WORLD_SIZE", "8", "VIS_PERIOD", "20"])
+    d2.merge_from_list(["FLOAT32_PRECISION", "high", "SOLVER.REFERENCE_WORLD_SIZE", "8", "VIS_PERIOD", "20"])
     d2.MODEL.MY_HEAD = CfgNode({"DIM": 3})  # a project-specific key (add_xxx_config style)
-    assert set(unsupported_d2_keys(d2)) == {"TEST.AUG.ENABLED", "SOLVER.REFERENCE_WORLD_SIZE", "MODEL.MY_HEAD.DIM"}
+    assert set(unsupported_d2_keys(d2)) == {"FLOAT32_PRECISION", "SOLVER.REFERENCE_WORLD_SIZE", "MODEL.MY_HEAD.DIM"}
     with pytest.warns(UnsupportedD2KeysWarning) as record:
         out = to_detlightning_cfg(d2)
     message = str(record[0].message)
-    for key in ("TEST.AUG.ENABLED", "SOLVER.REFERENCE_WORLD_SIZE", "MODEL.MY_HEAD.DIM"):
+    for key in ("FLOAT32_PRECISION", "SOLVER.REFERENCE_WORLD_SIZE", "MODEL.MY_HEAD.DIM"):
         assert key in message
-    assert "TEST.AUG.MIN_SIZES" not in message  # at its default: nothing to report
+    assert "SOLVER.NUM_DECAYS" not in message  # at its default: nothing to report
     assert out.model.mask_on and out.vis_period == 20  # everything else converted
-    with pytest.raises(ValueError, match=r"SOLVER\.REFERENCE_WORLD_SIZE[\s\S]*TEST\.AUG\.ENABLED"):
+    with pytest.raises(ValueError, match=r"FLOAT32_PRECISION[\s\S]*SOLVER\.REFERENCE_WORLD_SIZE"):
         to_detlightning_cfg(d2, strict=True)
     with pytest.raises(TypeError, match="CfgNode"):
         to_detlightning_cfg({"MODEL": {}})

@@ -119,7 +119,7 @@ def test_build_model_reports_unsupported_detectron2_keys_but_not_project_keys():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnsupportedD2KeysWarning)
         build_model(cfg)
-    cfg.TEST.AUG.ENABLED = True  # test-time augmentation: not implemented, so not silently ignored
-    with pytest.warns(UnsupportedD2KeysWarning, match=r"TEST\.AUG\.ENABLED") as record:
+    cfg.FLOAT32_PRECISION = "high"  # no detlightning equivalent, so not silently ignored
+    with pytest.warns(UnsupportedD2KeysWarning, match=r"FLOAT32_PRECISION") as record:
         build_model(cfg)
     assert "MY_HEAD" not in str(record[0].message)
