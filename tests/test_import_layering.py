@@ -28,6 +28,8 @@ ALLOWED: dict[str, set[str]] = {
 FILE_EXCEPTIONS: dict[str, set[str]] = {
     # detectron2 keeps DatasetMapperTTA (resize/flip augmentations) beside GeneralizedRCNNWithTTA in modeling
     "modeling/test_time_augmentation.py": {"data"},
+    # FastRCNNOutputLayers.from_config: federated-loss class weights from the training datasets' image counts
+    "modeling/roi_heads/fast_rcnn.py": {"data"},
 }
 # these must stay plain torch: no Lightning or Hydra at module level
 NO_FRAMEWORK = {"modeling", "layers", "structures"}

@@ -6,7 +6,6 @@ K + 1 outputs, the last one being background), B the box dimension (4 for XYXY b
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
@@ -134,10 +133,11 @@ def _fed_loss_cls_weights_from_datasets(dataset_names: Sequence[str], freq_weigh
     if not dataset_names:
         raise ValueError("MODEL.ROI_BOX_HEAD.USE_FED_LOSS needs DATASETS.TRAIN: the class weights come from the "
                          "training datasets' category image counts")
-    # layering: modeling never imports the data package statically; a model built from a config asks for the
-    # training datasets' statistics by module name, when it is constructed (as detectron2's from_config does).
-    detection_utils = importlib.import_module("detlightning.data.detection_utils")
-    return detection_utils.get_fed_loss_cls_weights(list(dataset_names), freq_weight_power)
+    # a model built from a config reads the training datasets' statistics when it is constructed, as detectron2's
+    # from_config does (the one arrow from modeling to data; tests/test_import_layering.py names it)
+    from ...data.detection_utils import get_fed_loss_cls_weights
+
+    return get_fed_loss_cls_weights(list(dataset_names), freq_weight_power)
 
 
 class FastRCNNOutputLayers(nn.Module):
