@@ -120,3 +120,25 @@ def test_eval_outputs_match_detectron2(arch: str) -> None:
     ref = P.reference_output(arch)["instances"]
     assert len(ref["pred_boxes"]) > 0
     P.assert_parity(P.compare_instances(ref, out))
+
+
+def test_model_zoo_get_trained_loads_the_released_pkl_from_the_cache(tmp_path, monkeypatch):
+    """``model_zoo.get(name.py, trained=True)`` offline: the released model-zoo ``.pkl`` placed where the error
+    message says (``$DETLIGHTNING_CACHE/detectron2/<name>/<id>/model_final_<hash>.pkl``) loads into the lazy model
+    with every tensor as stored."""
+    import pickle
+
+    from detlightning import model_zoo
+
+    arch, name = "mask_rcnn_R_50_FPN_LSJ", "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py"
+    url = model_zoo.get_checkpoint_url(name)
+    path = tmp_path / url.split("https://dl.fbaipublicfiles.com/", 1)[1]
+    path.parent.mkdir(parents=True)
+    weights = P.reference_weights(arch)
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in weights.items()}, "__author__": "Detectron2 Model Zoo"}, f)
+    monkeypatch.setenv("DETLIGHTNING_CACHE", str(tmp_path))
+    model = model_zoo.get(name, trained=True, device="cpu")
+    state = model.state_dict()
+    assert set(state) == set(weights)
+    assert all(torch.equal(state[k], weights[k]) for k in weights)
