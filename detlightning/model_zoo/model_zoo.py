@@ -182,10 +182,14 @@ def get_checkpoint_url(config_path: str) -> str:
     url = _ModelZooUrls.query(config_path)
     if url is None:
         raise RuntimeError(
-            f"No pretrained model for {config_path!r} in the model zoo. Known names: "
-            f"{sorted(n + '.yaml' for n in _ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX)}"
+            f"No pretrained model for {config_path!r} in the model zoo. Known names: {_names_with_checkpoints()}"
         )
     return url
+
+
+def _names_with_checkpoints() -> list[str]:
+    """The shipped config names (with their extension) that have a released checkpoint."""
+    return [n for n in list_configs() if _ModelZooUrls.query(n) is not None]
 
 
 def get_config_file(config_path: str) -> str:
