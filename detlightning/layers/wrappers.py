@@ -72,10 +72,11 @@ class Conv2d(nn.Conv2d):
         return x
 
 
-def cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
-    """``torch.cat`` that skips the copy for a single tensor."""
-    if not isinstance(tensors, (list, tuple)):
-        raise TypeError(f"cat() expects a list or tuple of tensors, got {type(tensors).__name__}")
+def cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat`` that skips the copy for a single tensor (a list, or in eager mode a tuple)."""
+    if not torch.jit.is_scripting():
+        if not isinstance(tensors, (list, tuple)):
+            raise TypeError(f"cat() expects a list or tuple of tensors, got {type(tensors).__name__}")
     if len(tensors) == 1:
         return tensors[0]
     return torch.cat(tensors, dim)
