@@ -48,6 +48,11 @@ def _convert_boxes_to_pooler_format(boxes: torch.Tensor, sizes: torch.Tensor) ->
 def convert_boxes_to_pooler_format(box_lists: list[Boxes]) -> torch.Tensor:
     """All boxes as the (M, 5) ``[batch_index, x0, y0, x1, y1]`` rois that ROIAlign / ROIPool take."""
     boxes = torch.cat([x.tensor for x in box_lists], dim=0)
+    if not torch.jit.is_scripting():
+        if torch.compiler.is_exporting():
+            # torch.export: the box counts are symbolic sizes, which cannot become the values of a tensor
+            indices = [boxes.new_full((x.tensor.shape[0], 1), float(i)) for i, x in enumerate(box_lists)]
+            return torch.cat([torch.cat(indices), boxes], dim=1)
     # __len__() rather than len(): under tracing it stays a tensor tied to the input (len() would bake it in)
     sizes = shapes_to_tensor([x.__len__() for x in box_lists])
     return _convert_boxes_to_pooler_format(boxes, sizes)

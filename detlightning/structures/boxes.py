@@ -158,8 +158,9 @@ class Boxes:
             tensor = torch.as_tensor(tensor, dtype=torch.float32, device=torch.device("cpu"))
         else:
             tensor = tensor.to(torch.float32)
-        if tensor.numel() == 0:
-            # reshape keeps the result tied to the input (and its device), unlike a fresh tensor
+        # An empty input of any shape becomes (0, 4); reshape keeps it tied to the input (and its device). The shape
+        # test comes first: torch.export cannot evaluate numel() == 0 for a data-dependent number of boxes.
+        if (tensor.dim() != 2 or tensor.size(-1) != 4) and tensor.numel() == 0:
             tensor = tensor.reshape((-1, 4))
         if tensor.dim() != 2 or tensor.size(-1) != 4:
             raise ValueError(f"Boxes expects a tensor of shape (N, 4), got {list(tensor.shape)}")
@@ -183,7 +184,10 @@ class Boxes:
 
         Rebinds ``self.tensor`` to a new tensor rather than writing into shared storage (as detectron2 does now).
         """
-        if not torch.isfinite(self.tensor).all():
+        check_finite = True
+        if not torch.jit.is_scripting():
+            check_finite = not torch.compiler.is_exporting()  # an exported graph cannot branch on the values
+        if check_finite and not torch.isfinite(self.tensor).all():
             raise ValueError("Boxes.clip: the box tensor contains inf or NaN")
         h, w = box_size
         t = self.tensor

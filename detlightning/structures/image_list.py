@@ -81,7 +81,9 @@ class ImageList:
             if torch.jit.is_tracing():
                 return _from_tensors_traced(list(tensors), size_divisibility, pad_value, square_size)
 
-        image_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in tensors]
+        # shape entries are ints (eager, scripting) or symbolic sizes under torch.export: no int() (it would fix
+        # the exported graph to the example's image size)
+        image_sizes = [(im.shape[-2], im.shape[-1]) for im in tensors]
         max_h, max_w = 0, 0
         for h_i, w_i in image_sizes:
             max_h, max_w = max(max_h, h_i), max(max_w, w_i)

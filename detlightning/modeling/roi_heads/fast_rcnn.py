@@ -68,7 +68,8 @@ def fast_rcnn_inference_single_image(
     # Rows with a non-finite box or score would poison NMS; drop them (the kept indices then refer to the
     # remaining rows, as in detectron2).
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if torch.jit.is_tracing() or not bool(valid.all()):  # a traced graph cannot branch on the data: always filter
+    # a traced or exported graph cannot branch on the data: always filter
+    if torch.jit.is_tracing() or torch.compiler.is_exporting() or not bool(valid.all()):
         boxes, scores = boxes[valid], scores[valid]
 
     scores = scores[:, :-1]  # drop background
