@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torchvision.ops import boxes as box_ops
 
+from .wrappers import is_exporting
+
 __all__ = ["nms", "batched_nms"]
 
 
@@ -33,7 +35,7 @@ def batched_nms(
     # category and splitting gives the same groups, hence the same result, at O(boxes log boxes).
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
-    if torch.compiler.is_exporting():
+    if is_exporting():
         return _batched_nms_exportable(boxes, scores, idxs, iou_threshold)
     if boxes.numel() <= (4000 if boxes.device.type == "cpu" else 20000):
         return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)

@@ -25,6 +25,7 @@ __all__ = [
     "shapes_to_tensor",
     "check_if_dynamo_compiling",
     "disable_torch_compiler",
+    "is_exporting",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -121,6 +122,12 @@ def shapes_to_tensor(x: list[int], device: torch.device | None = None) -> torch.
         if len(x) > 0 and all(isinstance(t, torch.Tensor) for t in x):
             return torch.stack([t.to(device) for t in x])  # type: ignore[union-attr]
     return torch.as_tensor(x, device=device)
+
+
+def is_exporting() -> bool:
+    """True while ``torch.export`` traces the caller (False on torch versions without ``is_exporting``)."""
+    fn = getattr(torch.compiler, "is_exporting", None)
+    return bool(fn()) if fn is not None else False
 
 
 def check_if_dynamo_compiling() -> bool:

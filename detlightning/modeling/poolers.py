@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import ROIAlign, ROIPool, cat, nonzero_tuple, shapes_to_tensor
+from ..layers.wrappers import is_exporting
 from ..structures import Boxes
 
 __all__ = ["ROIPooler", "assign_boxes_to_levels", "convert_boxes_to_pooler_format"]
@@ -49,7 +50,7 @@ def convert_boxes_to_pooler_format(box_lists: list[Boxes]) -> torch.Tensor:
     """All boxes as the (M, 5) ``[batch_index, x0, y0, x1, y1]`` rois that ROIAlign / ROIPool take."""
     boxes = torch.cat([x.tensor for x in box_lists], dim=0)
     if not torch.jit.is_scripting():
-        if torch.compiler.is_exporting():
+        if is_exporting():
             # torch.export: the box counts are symbolic sizes, which cannot become the values of a tensor
             indices = [boxes.new_full((x.tensor.shape[0], 1), float(i)) for i, x in enumerate(box_lists)]
             return torch.cat([torch.cat(indices), boxes], dim=1)

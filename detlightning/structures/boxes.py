@@ -8,6 +8,8 @@ from typing import Any, List, Union
 import numpy as np
 import torch
 
+from ..layers.wrappers import is_exporting
+
 __all__ = [
     "BoxMode",
     "Boxes",
@@ -186,7 +188,7 @@ class Boxes:
         """
         check_finite = True
         if not torch.jit.is_scripting():
-            check_finite = not torch.compiler.is_exporting()  # an exported graph cannot branch on the values
+            check_finite = not is_exporting()  # an exported graph cannot branch on the values
         if check_finite and not torch.isfinite(self.tensor).all():
             raise ValueError("Boxes.clip: the box tensor contains inf or NaN")
         h, w = box_size
