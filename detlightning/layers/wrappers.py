@@ -109,9 +109,8 @@ def nonzero_tuple(x: torch.Tensor) -> list[torch.Tensor]:
     return list(x.nonzero(as_tuple=True))
 
 
-@torch.jit.script_if_tracing
 def move_device_like(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """``src`` on ``dst``'s device; scripted under tracing so the device is not recorded as a constant."""
+    """``src`` on ``dst``'s device."""
     return src.to(dst.device)
 
 
