@@ -34,20 +34,34 @@ of the coordinate (6e-5 px at 512 px), larger for badly conditioned (e.g. random
 from .adapters import ExportedDetector, postprocess_outputs, tracing_inference_func
 from .flatten import TracingAdapter, flatten_to_tuple, patch_builtin_len
 from .onnx import ONNXRuntimeDetector, export_onnx, load_onnx
-from .torchscript import TorchScriptDetector, export_torchscript, load_torchscript, trace_model
+from .torch_export import ExportedProgramDetector, export_model, load_exported_model
+from .torchscript import (
+    TorchScriptDetector,
+    export_torchscript,
+    load_torchscript,
+    scripting_with_instances,
+    trace_model,
+)
+from .torchscript_patch import freeze_training_mode, patch_instances
 
 __all__ = [
     "ExportedDetector",
+    "ExportedProgramDetector",
     "ONNXRuntimeDetector",
     "TorchScriptDetector",
     "TracingAdapter",
+    "export_model",
     "export_onnx",
     "export_torchscript",
     "flatten_to_tuple",
+    "freeze_training_mode",
+    "load_exported_model",
     "load_onnx",
     "load_torchscript",
     "patch_builtin_len",
+    "patch_instances",
     "postprocess_outputs",
+    "scripting_with_instances",
     "trace_model",
     "tracing_inference_func",
 ]

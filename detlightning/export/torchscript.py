@@ -17,8 +17,9 @@ from torch import nn
 
 from .adapters import METADATA_KEY, ExportedDetector, export_metadata, tracing_inference_func, tracing_inputs
 from .flatten import TracingAdapter
+from .torchscript_patch import freeze_training_mode, patch_instances
 
-__all__ = ["TorchScriptDetector", "export_torchscript", "load_torchscript", "trace_model"]
+__all__ = ["TorchScriptDetector", "export_torchscript", "load_torchscript", "scripting_with_instances", "trace_model"]
 
 _EXTRA_FILE = f"{METADATA_KEY}.json"
 
@@ -62,6 +63,20 @@ def trace_model(
     if adapter.outputs_schema is None:
         raise RuntimeError("tracing produced no outputs schema")
     return traced, adapter, output_key
+
+
+def scripting_with_instances(model: nn.Module, fields: dict[str, type]) -> torch.jit.ScriptModule:
+    """``torch.jit.script(model)`` for an eval-mode model whose code builds or reads ``Instances``.
+
+    ``fields`` names every ``Instances`` field the model touches and its type, e.g.
+    ``{"pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor}``; inside the scripted model
+    ``Instances`` is a class with exactly these (optional) fields. ``training`` is compiled as a constant.
+    torch.jit is deprecated upstream; its deprecation warnings pass through.
+    """
+    if model.training:
+        raise ValueError("scripting_with_instances: call model.eval() first (only inference code is scripted)")
+    with freeze_training_mode(model), patch_instances(fields):
+        return torch.jit.script(model)
 
 
 def export_torchscript(

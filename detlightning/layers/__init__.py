@@ -1,6 +1,7 @@
 """Building blocks shared by the models: norms, conv wrappers, ROI ops, NMS, losses."""
+from .aspp import ASPP
 from .batch_norm import CycleBatchNormList, FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, get_norm
-from .blocks import CNNBlockBase
+from .blocks import CNNBlockBase, DepthwiseSeparableConv2d
 from .deform_conv import DeformConv, ModulatedDeformConv
 from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, sigmoid_focal_loss_jit, smooth_l1_loss
 from .mask_ops import paste_masks_in_image

@@ -10,7 +10,7 @@ __all__ = ["ROIAlign", "ROIPool"]
 
 def _check_rois(rois: torch.Tensor) -> None:
     if rois.dim() != 2 or rois.size(1) != 5:
-        raise ValueError(f"rois must be (K, 5) [batch_index, x0, y0, x1, y1], got shape {tuple(rois.shape)}")
+        raise ValueError(f"rois must be (K, 5) [batch_index, x0, y0, x1, y1], got shape {list(rois.shape)}")
 
 
 class ROIAlign(nn.Module):

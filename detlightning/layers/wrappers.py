@@ -1,7 +1,9 @@
 """Thin wrappers over torch ops: Conv2d with norm/activation, empty-safe losses, small tensor helpers."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,12 @@ __all__ = [
     "nonzero_tuple",
     "move_device_like",
     "shapes_to_tensor",
+    "check_if_dynamo_compiling",
+    "disable_torch_compiler",
+    "is_exporting",
 ]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 ConvTranspose2d = nn.ConvTranspose2d
 BatchNorm2d = nn.BatchNorm2d
@@ -66,10 +73,11 @@ class Conv2d(nn.Conv2d):
         return x
 
 
-def cat(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
-    """``torch.cat`` that skips the copy for a single tensor."""
-    if not isinstance(tensors, (list, tuple)):
-        raise TypeError(f"cat() expects a list or tuple of tensors, got {type(tensors).__name__}")
+def cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """``torch.cat`` that skips the copy for a single tensor (a list, or in eager mode a tuple)."""
+    if not torch.jit.is_scripting():
+        if not isinstance(tensors, (list, tuple)):
+            raise TypeError(f"cat() expects a list or tuple of tensors, got {type(tensors).__name__}")
     if len(tensors) == 1:
         return tensors[0]
     return torch.cat(tensors, dim)
@@ -89,11 +97,16 @@ def empty_input_loss_func_wrapper(loss_func: Callable[..., torch.Tensor]) -> Cal
 cross_entropy = empty_input_loss_func_wrapper(F.cross_entropy)
 
 
-def nonzero_tuple(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``x.nonzero(as_tuple=True)``, also for 0-dim input (treated as 1-element)."""
+def nonzero_tuple(x: torch.Tensor) -> list[torch.Tensor]:
+    """``x.nonzero(as_tuple=True)`` (one index tensor per dim), also for 0-dim input (treated as 1-element).
+
+    Scriptable: TorchScript has no ``as_tuple`` overload, so the (K, D) index matrix is unbound instead.
+    """
     if x.dim() == 0:
-        return x.unsqueeze(0).nonzero(as_tuple=True)
-    return x.nonzero(as_tuple=True)
+        x = x.unsqueeze(0)
+    if torch.jit.is_scripting():
+        return x.nonzero().unbind(1)
+    return list(x.nonzero(as_tuple=True))
 
 
 def move_device_like(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -101,8 +114,48 @@ def move_device_like(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return src.to(dst.device)
 
 
-def shapes_to_tensor(x: Sequence[int], device: torch.device | None = None) -> torch.Tensor:
-    """A list of ints (or 0-dim tensors while tracing) as a 1-D long tensor."""
-    if all(isinstance(t, torch.Tensor) for t in x):
-        return torch.stack([t.to(device) for t in x])
+def shapes_to_tensor(x: list[int], device: torch.device | None = None) -> torch.Tensor:
+    """A list of ints as a 1-D long tensor; while tracing the entries are 0-dim tensors and are stacked, so that
+    the result stays tied to the traced input sizes (``torch.as_tensor`` would record constants)."""
+    if not torch.jit.is_scripting():
+        if len(x) > 0 and all(isinstance(t, torch.Tensor) for t in x):
+            return torch.stack([t.to(device) for t in x])  # type: ignore[union-attr]
     return torch.as_tensor(x, device=device)
+
+
+def is_exporting() -> bool:
+    """True while ``torch.export`` traces the caller (False on torch versions without ``is_exporting``)."""
+    fn = getattr(torch.compiler, "is_exporting", None)
+    return bool(fn()) if fn is not None else False
+
+
+def check_if_dynamo_compiling() -> bool:
+    """True while ``torch.compile`` (dynamo) traces the caller."""
+    if torch.jit.is_scripting():
+        return False
+    return bool(torch.compiler.is_compiling())
+
+
+def disable_torch_compiler(func: _F) -> _F:
+    """Decorator: run ``func`` eagerly even inside a ``torch.compile``d model (a graph break around it)."""
+
+    @torch.compiler.disable
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _NewEmptyTensorOp(torch.autograd.Function):
+    """``x.new_empty(new_shape)`` with a backward that returns an empty gradient of ``x``'s shape (detectron2's
+    old empty-tensor helper, kept for code that still imports it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, new_shape: Sequence[int]) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.new_empty(new_shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _NewEmptyTensorOp.apply(grad, ctx.shape), None

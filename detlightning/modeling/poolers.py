@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import ROIAlign, ROIPool, cat, nonzero_tuple, shapes_to_tensor
+from ..layers.wrappers import is_exporting
 from ..structures import Boxes
 
 __all__ = ["ROIPooler", "assign_boxes_to_levels", "convert_boxes_to_pooler_format"]
@@ -48,7 +49,13 @@ def _convert_boxes_to_pooler_format(boxes: torch.Tensor, sizes: torch.Tensor) ->
 def convert_boxes_to_pooler_format(box_lists: list[Boxes]) -> torch.Tensor:
     """All boxes as the (M, 5) ``[batch_index, x0, y0, x1, y1]`` rois that ROIAlign / ROIPool take."""
     boxes = torch.cat([x.tensor for x in box_lists], dim=0)
-    sizes = shapes_to_tensor([len(x) for x in box_lists])
+    if not torch.jit.is_scripting():
+        if is_exporting():
+            # torch.export: the box counts are symbolic sizes, which cannot become the values of a tensor
+            indices = [boxes.new_full((x.tensor.shape[0], 1), float(i)) for i, x in enumerate(box_lists)]
+            return torch.cat([torch.cat(indices), boxes], dim=1)
+    # __len__() rather than len(): under tracing it stays a tensor tied to the input (len() would bake it in)
+    sizes = shapes_to_tensor([x.__len__() for x in box_lists])
     return _convert_boxes_to_pooler_format(boxes, sizes)
 
 
@@ -119,10 +126,12 @@ class ROIPooler(nn.Module):
             (M, C, output_h, output_w), M = total number of boxes, in the order of the concatenated box lists.
         """
         num_levels = len(self.level_poolers)
-        if not isinstance(x, list) or not isinstance(box_lists, list):
-            raise TypeError(
-                f"ROIPooler arguments must be lists, got x: {type(x).__name__}, box_lists: {type(box_lists).__name__}"
-            )
+        if not torch.jit.is_scripting():
+            if not isinstance(x, list) or not isinstance(box_lists, list):
+                raise TypeError(
+                    f"ROIPooler arguments must be lists, got x: {type(x).__name__}, "
+                    f"box_lists: {type(box_lists).__name__}"
+                )
         if len(x) != num_levels:
             raise ValueError(
                 f"ROIPooler was built for {num_levels} feature maps (num_level_assignments={num_levels}), "
@@ -134,7 +143,7 @@ class ROIPooler(nn.Module):
             )
         num_channels = x[0].shape[1]
         if len(box_lists) == 0:
-            return x[0].new_zeros((0, num_channels, *self.output_size))
+            return x[0].new_zeros((0, num_channels, self.output_size[0], self.output_size[1]))
 
         pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
         if num_levels == 1:
@@ -143,7 +152,7 @@ class ROIPooler(nn.Module):
         level_assignments = assign_boxes_to_levels(
             box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
-        output = x[0].new_zeros((pooler_fmt_boxes.shape[0], num_channels, *self.output_size))
+        output = x[0].new_zeros((pooler_fmt_boxes.shape[0], num_channels, self.output_size[0], self.output_size[1]))
         # One pooling call per level over all images' boxes.
         for level, pooler in enumerate(self.level_poolers):
             inds = nonzero_tuple(level_assignments == level)[0]

@@ -22,6 +22,7 @@ __all__ = [
     "ConstantParamScheduler",
     "CosineParamScheduler",
     "LRMultiplier",
+    "LRScheduler",
     "LinearParamScheduler",
     "MultiStepParamScheduler",
     "ParamScheduler",
@@ -32,6 +33,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+# torch's scheduler base class under the name detectron2 re-exports (research code subclasses it)
+LRScheduler = torch.optim.lr_scheduler.LRScheduler
 
 
 class ParamScheduler:
@@ -162,6 +166,20 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         return [base_lr * m for base_lr in self.base_lrs]
 
 
+def _get_warmup_factor_at_iter(method: str, iter: int, warmup_iters: int, warmup_factor: float) -> float:
+    """LR multiplier at iteration ``iter`` of a warmup: 1.0 from ``warmup_iters`` on; before, ``warmup_factor``
+    (``"constant"``) or a linear ramp from ``warmup_factor`` to 1 (``"linear"``). Research schedulers (DeepLab's
+    WarmupPolyLR) import this private helper from detectron2."""
+    if iter >= warmup_iters:
+        return 1.0
+    if method == "constant":
+        return warmup_factor
+    if method == "linear":
+        alpha = iter / warmup_iters
+        return warmup_factor * (1 - alpha) + alpha
+    raise ValueError(f"Unknown warmup method {method!r}: expected 'linear' or 'constant'")
+
+
 class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
     """``base_lr * warmup(it) * decay(it)``: the warmup ramps (``linear``) from, or holds (``constant``),
     ``warmup_factor`` over the first ``warmup_iters`` iterations; subclasses define ``decay``."""
@@ -177,10 +195,7 @@ class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
 
     def get_lr(self) -> list[float]:
         it = self.last_epoch
-        scale = 1.0
-        if it < self.warmup_iters:
-            ramp = it / self.warmup_iters if self.warmup_method == "linear" else 0.0
-            scale = self.warmup_factor + (1.0 - self.warmup_factor) * ramp
+        scale = _get_warmup_factor_at_iter(self.warmup_method, it, self.warmup_iters, self.warmup_factor)
         scale *= self.decay(it)
         return [lr * scale for lr in self.base_lrs]
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 from enum import IntEnum, unique
-from typing import Any, Iterator, Union
+from typing import Any, List, Union
 
 import numpy as np
 import torch
+
+from ..layers.wrappers import is_exporting
 
 __all__ = [
     "BoxMode",
@@ -20,6 +22,8 @@ __all__ = [
 ]
 
 RawBoxType = Union[list, tuple, torch.Tensor, np.ndarray]
+# TorchScript resolves some annotations by plain name only (a property, a class compiled from another class)
+Device = torch.device
 
 
 class UnsupportedBoxModeError(ValueError, AssertionError):
@@ -133,32 +137,44 @@ def _is_int_index(item: Any) -> bool:
     )
 
 
+def _check_boxes_list(boxes_list: Any) -> None:
+    if not isinstance(boxes_list, (list, tuple)):
+        raise TypeError(f"Boxes.cat expects a list or tuple of Boxes, got {type(boxes_list)}")
+    for b in boxes_list:
+        if not isinstance(b, Boxes):
+            raise TypeError(f"Boxes.cat expects only Boxes, got an element of type {type(b)}")
+
+
 class Boxes:
     """A list of N axis-aligned boxes stored as ``tensor``: (N, 4) float32 XYXY_ABS.
 
     Behaves like a tensor of boxes: indexing, ``len``, iteration, ``to(device)``, ``.device``.
     """
 
-    def __init__(self, tensor: torch.Tensor | np.ndarray | list) -> None:
-        """``tensor``: (N, 4) XYXY boxes (anything ``torch.as_tensor`` accepts); cast to float32."""
-        if isinstance(tensor, torch.Tensor):
-            tensor = tensor.to(torch.float32)
-        else:
+    def __init__(self, tensor: torch.Tensor) -> None:
+        """``tensor``: (N, 4) XYXY boxes (in eager mode anything ``torch.as_tensor`` accepts); cast to float32.
+
+        The annotation says ``Tensor`` so that TorchScript can compile the class (``torch.jit.script(Boxes)``).
+        """
+        if not isinstance(tensor, torch.Tensor):
             tensor = torch.as_tensor(tensor, dtype=torch.float32, device=torch.device("cpu"))
-        if tensor.numel() == 0:
-            # reshape keeps the result tied to the input (and its device), unlike a fresh tensor
+        else:
+            tensor = tensor.to(torch.float32)
+        # An empty input of any shape becomes (0, 4); reshape keeps it tied to the input (and its device). The shape
+        # test comes first: torch.export cannot evaluate numel() == 0 for a data-dependent number of boxes.
+        if (tensor.dim() != 2 or tensor.size(-1) != 4) and tensor.numel() == 0:
             tensor = tensor.reshape((-1, 4))
         if tensor.dim() != 2 or tensor.size(-1) != 4:
-            raise ValueError(f"Boxes expects a tensor of shape (N, 4), got {tuple(tensor.shape)}")
+            raise ValueError(f"Boxes expects a tensor of shape (N, 4), got {list(tensor.shape)}")
         self.tensor = tensor
 
     def clone(self) -> Boxes:
         """A copy that shares no storage."""
         return Boxes(self.tensor.clone())
 
-    def to(self, *args: Any, **kwargs: Any) -> Boxes:
-        """Move to a device; boxes stay float32 whatever dtype is asked for."""
-        return Boxes(self.tensor.to(*args, **kwargs))
+    def to(self, device: Device) -> Boxes:
+        """Move to ``device``; boxes stay float32 (a dtype passed instead is undone by the float32 cast)."""
+        return Boxes(self.tensor.to(device))
 
     def area(self) -> torch.Tensor:
         """(N,) float areas ``(x1 - x0) * (y1 - y0)`` (negative for inverted boxes, as in detectron2)."""
@@ -170,7 +186,10 @@ class Boxes:
 
         Rebinds ``self.tensor`` to a new tensor rather than writing into shared storage (as detectron2 does now).
         """
-        if not torch.isfinite(self.tensor).all():
+        check_finite = True
+        if not torch.jit.is_scripting():
+            check_finite = not is_exporting()  # an exported graph cannot branch on the values
+        if check_finite and not torch.isfinite(self.tensor).all():
             raise ValueError("Boxes.clip: the box tensor contains inf or NaN")
         h, w = box_size
         t = self.tensor
@@ -209,37 +228,43 @@ class Boxes:
         self.tensor[:, 1::2] *= scale_y
 
     @classmethod
-    def cat(cls, boxes_list: list[Boxes] | tuple[Boxes, ...]) -> Boxes:
-        """Concatenate ``Boxes`` into one; an empty list gives an empty (0, 4) ``Boxes``. Never shares storage."""
-        if not isinstance(boxes_list, (list, tuple)):
-            raise TypeError(f"Boxes.cat expects a list or tuple of Boxes, got {type(boxes_list)}")
+    def cat(cls, boxes_list: List["Boxes"]) -> Boxes:  # TorchScript reads a self-reference as a quoted name
+        """Concatenate ``Boxes`` (a list, or in eager mode a tuple) into one; an empty list gives an empty
+        (0, 4) ``Boxes``. Never shares storage."""
+        if not torch.jit.is_scripting():
+            _check_boxes_list(boxes_list)
         if len(boxes_list) == 0:
             return cls(torch.empty(0))
-        for b in boxes_list:
-            if not isinstance(b, Boxes):
-                raise TypeError(f"Boxes.cat expects only Boxes, got an element of type {type(b)}")
         return cls(torch.cat([b.tensor for b in boxes_list], dim=0))
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> Device:
         return self.tensor.device
 
-    def __getitem__(self, item: Any) -> Boxes:
+    def __getitem__(self, item) -> Boxes:  # unannotated: TorchScript reads it as a Tensor index
         """Index like a tensor; always returns ``Boxes`` (an int gives one box, shape (1, 4)).
 
-        May share storage with ``self``, following PyTorch indexing rules.
+        May share storage with ``self``, following PyTorch indexing rules. Scripted code indexes with tensors.
         """
-        if _is_int_index(item):
-            return Boxes(self.tensor[int(item)].view(1, -1))
+        if not torch.jit.is_scripting():
+            if _is_int_index(item):
+                return Boxes(self.tensor[int(item)].view(1, -1))
+            b = self.tensor[item]
+            if b.dim() != 2:
+                raise IndexError(
+                    f"Indexing Boxes with {repr(item)} gave shape {tuple(b.shape)}, expected a (K, 4) matrix"
+                )
+            return Boxes(b)
         b = self.tensor[item]
         if b.dim() != 2:
-            raise IndexError(f"Indexing Boxes with {item!r} gave shape {tuple(b.shape)}, expected a (K, 4) matrix")
+            raise IndexError(f"Indexing Boxes gave shape {b.shape}, expected a (K, 4) matrix")
         return Boxes(b)
 
     def __len__(self) -> int:
         return self.tensor.shape[0]
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    @torch.jit.unused
+    def __iter__(self):  # no Iterator annotation: TorchScript parses it even on unused methods
         """Yield each box as a (4,) tensor."""
         yield from self.tensor
 

@@ -19,10 +19,11 @@ class ImageList:
     """
 
     def __init__(self, tensor: torch.Tensor, image_sizes: list[tuple[int, int]]) -> None:
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"ImageList expects a torch.Tensor, got {type(tensor)}")
+        if not torch.jit.is_scripting():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"ImageList expects a torch.Tensor, got {type(tensor)}")
         if tensor.dim() < 3:
-            raise ValueError(f"ImageList tensor must be (N, ..., H, W), got shape {tuple(tensor.shape)}")
+            raise ValueError(f"ImageList tensor must be (N, ..., H, W), got shape {list(tensor.shape)}")
         if len(image_sizes) != tensor.shape[0]:
             raise ValueError(
                 f"ImageList got {len(image_sizes)} image sizes for a batch of {tensor.shape[0]} images"
@@ -35,13 +36,15 @@ class ImageList:
 
     def __getitem__(self, idx: int) -> torch.Tensor:
         """Image ``idx`` without its padding: (h, w) or (C_1, ..., C_K, h, w), a view of ``tensor``."""
-        if isinstance(idx, torch.Tensor) and idx.dim() == 0:
-            idx = int(idx)
-        if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
-            raise TypeError(f"ImageList indices must be integers, got {type(idx)}")
+        if not torch.jit.is_scripting():
+            if isinstance(idx, torch.Tensor) and idx.dim() == 0:
+                idx = int(idx)
+            if not isinstance(idx, (int, np.integer)) or isinstance(idx, bool):
+                raise TypeError(f"ImageList indices must be integers, got {type(idx)}")
         size = self.image_sizes[idx]
         return self.tensor[idx, ..., : size[0], : size[1]]
 
+    @torch.jit.unused
     def to(self, *args: Any, **kwargs: Any) -> ImageList:
         return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
 
@@ -50,11 +53,11 @@ class ImageList:
         return self.tensor.device
 
     def __repr__(self) -> str:
-        return f"ImageList(tensor shape={tuple(self.tensor.shape)}, image_sizes={self.image_sizes})"
+        return f"ImageList(tensor shape={list(self.tensor.shape)}, image_sizes={self.image_sizes})"
 
     @staticmethod
     def from_tensors(
-        tensors: Sequence[torch.Tensor],
+        tensors: list[torch.Tensor],
         size_divisibility: int = 0,
         pad_value: float = 0.0,
         padding_constraints: dict[str, int] | None = None,
@@ -66,19 +69,24 @@ class ImageList:
         (``padding_constraints["size_divisibility"]``, when given, overrides the argument). Padding uses
         ``pad_value``.
         """
-        _check_tensors(tensors)
+        if not torch.jit.is_scripting():
+            _check_tensors(tensors)
         square_size = 0
         if padding_constraints is not None:
             square_size = int(padding_constraints.get("square_size", 0))
             if "size_divisibility" in padding_constraints:
                 size_divisibility = padding_constraints["size_divisibility"]
 
-        if torch.jit.is_tracing():
-            return _from_tensors_traced(list(tensors), size_divisibility, pad_value, square_size)
+        if not torch.jit.is_scripting():
+            if torch.jit.is_tracing():
+                return _from_tensors_traced(list(tensors), size_divisibility, pad_value, square_size)
 
-        image_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in tensors]
-        max_h = max(s[0] for s in image_sizes)
-        max_w = max(s[1] for s in image_sizes)
+        # shape entries are ints (eager, scripting) or symbolic sizes under torch.export: no int() (it would fix
+        # the exported graph to the example's image size)
+        image_sizes = [(im.shape[-2], im.shape[-1]) for im in tensors]
+        max_h, max_w = 0, 0
+        for h_i, w_i in image_sizes:
+            max_h, max_w = max(max_h, h_i), max(max_w, w_i)
         if square_size > 0:
             if square_size < max(max_h, max_w):
                 raise ValueError(
@@ -96,7 +104,7 @@ class ImageList:
             # a single F.pad is slightly faster than allocating and copying
             batched = F.pad(tensors[0], [0, max_w - w, 0, max_h - h], value=pad_value).unsqueeze_(0)
         else:
-            batch_shape = [len(tensors), *tensors[0].shape[:-2], max_h, max_w]
+            batch_shape = [len(tensors)] + list(tensors[0].shape[:-2]) + [max_h, max_w]
             batched = tensors[0].new_full(batch_shape, pad_value)
             for i, img in enumerate(tensors):
                 batched[i, ..., : img.shape[-2], : img.shape[-1]].copy_(img)

@@ -81,6 +81,8 @@ def find_top_rpn_proposals(
         hi_wi_a = logits_i.shape[1]
         if isinstance(hi_wi_a, torch.Tensor):  # a tensor while tracing
             num_proposals_i = torch.clamp(hi_wi_a, max=int(pre_nms_topk))
+        elif isinstance(hi_wi_a, torch.SymInt):  # torch.export with a symbolic image size: stay symbolic
+            num_proposals_i = torch.sym_min(hi_wi_a, int(pre_nms_topk))
         else:
             num_proposals_i = min(int(hi_wi_a), int(pre_nms_topk))
         topk_scores_i, topk_idx = logits_i.topk(num_proposals_i, dim=1)

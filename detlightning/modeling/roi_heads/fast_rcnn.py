@@ -16,6 +16,7 @@ from torch import nn
 from ...config import configurable
 from ...config.reader import cfg_view
 from ...layers import ShapeSpec, batched_nms, cat, cross_entropy, nonzero_tuple
+from ...layers.wrappers import is_exporting
 from ...structures import Boxes, Instances
 from ...utils.events import get_event_storage
 from ..box_regression import Box2BoxTransform, _dense_box_regression_loss
@@ -69,7 +70,8 @@ def fast_rcnn_inference_single_image(
     # Rows with a non-finite box or score would poison NMS; drop them (the kept indices then refer to the
     # remaining rows, as in detectron2).
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if torch.jit.is_tracing() or not bool(valid.all()):  # a traced graph cannot branch on the data: always filter
+    # a traced or exported graph cannot branch on the data: always filter
+    if torch.jit.is_tracing() or is_exporting() or not bool(valid.all()):
         boxes, scores = boxes[valid], scores[valid]
 
     scores = scores[:, :-1]  # drop background
