@@ -98,18 +98,6 @@ _IMPORTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
-# Names that other parts of issue 15 add (datasets/evaluators, TTA, deformable conv); they are checked once
-# present, and skipped (with the reason) while those parts are not merged.
-_OTHER_ITEMS: dict[str, str] = {
-    "CityscapesInstanceEvaluator": "issue 15 item 1 (Cityscapes)",
-    "CityscapesSemSegEvaluator": "issue 15 item 1 (Cityscapes)",
-    "LVISEvaluator": "issue 15 item 1 (LVIS)",
-    "PascalVOCDetectionEvaluator": "issue 15 item 1 (Pascal VOC)",
-    "GeneralizedRCNNWithTTA": "issue 15 item 2 (TTA)",
-    "DeformBottleneckBlock": "issue 15 item 3 (deformable conv)",
-}
-
-
 def _cases() -> list[tuple[str, str, str]]:
     out = []
     for project, modules in _IMPORTS.items():
@@ -121,8 +109,6 @@ def _cases() -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize(("project", "module", "name"), _cases(), ids=lambda v: str(v))
 def test_research_import_resolves(project: str, module: str, name: str) -> None:
     mod = importlib.import_module(f"detlightning.{module}")
-    if not hasattr(mod, name) and name in _OTHER_ITEMS:
-        pytest.skip(f"{name} comes with {_OTHER_ITEMS[name]}")
     assert hasattr(mod, name), f"{project}: `from detectron2.{module} import {name}` has no detlightning equivalent"
     # a module (``from detectron2.data import transforms``) or something callable / a class
     assert getattr(mod, name) is not None

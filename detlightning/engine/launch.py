@@ -102,5 +102,7 @@ def _worker(
             torch.cuda.set_device(local_rank)
         comm.synchronize()
         main_func(*args)
+        # no rank tears the group down while another still has collectives in flight (seen as an abort at exit)
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
