@@ -239,27 +239,10 @@ class COCOEvaluator(DatasetEvaluator):
 
     def _eval_box_proposals(self, predictions: list[dict[str, Any]]) -> None:
         """Average recall of ``proposals`` at 100 and 1000 proposals per image, per area range."""
-        proposal_data = {  # proposals are XYXY_ABS
-            "boxes": [p["proposals"].proposal_boxes.tensor.numpy() for p in predictions],
-            "objectness_logits": [p["proposals"].objectness_logits.numpy() for p in predictions],
-            "ids": [p["image_id"] for p in predictions],
-            "bbox_mode": BoxMode.XYXY_ABS.value,
-        }
-        self._save_output("box_proposals.pkl", lambda f: pickle.dump(proposal_data, f))
-
-        if not self._do_evaluation:
-            self._logger.info("Annotations are not available for evaluation.")
-            return
-
-        self._logger.info("Evaluating bbox proposals ...")
-        res: dict[str, float] = {}
-        areas = {"all": "", "small": "s", "medium": "m", "large": "l"}
-        for limit in (100, 1000):
-            for area, suffix in areas.items():
-                stats = _evaluate_box_proposals(predictions, self._coco_api, area=area, limit=limit)
-                res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
-        self._logger.info("Proposal metrics: \n%s", create_small_table(res))
-        self._results["box_proposals"] = res
+        res = box_proposal_results(predictions, self._coco_api if self._do_evaluation else None, self._save_output,
+                                   self._logger)
+        if res is not None:
+            self._results["box_proposals"] = res
 
     def _derive_coco_results(
         self, coco_eval: Any | None, iou_type: str, class_names: Sequence[str] | None = None
@@ -393,6 +376,35 @@ def instances_to_coco_json(instances: Instances, img_id: int) -> list[dict[str, 
             result["keypoints"] = keypoints[k]
         results.append(result)
     return results
+
+
+def box_proposal_results(
+    predictions: list[dict[str, Any]],
+    annotations: Any | None,
+    save_output: Callable[[str, Callable[[Any], Any]], None],
+    log: logging.Logger,
+) -> dict[str, float] | None:
+    """Save the ``proposals`` of ``predictions`` (``box_proposals.pkl``, XYXY_ABS) and, when ``annotations`` (a
+    COCO-API-like ground truth) are given, return their average recall at 100 and 1000 proposals per image for each
+    area range (``AR@100``, ``ARs@1000``, ...). Shared by the COCO and LVIS evaluators."""
+    proposal_data = {
+        "boxes": [p["proposals"].proposal_boxes.tensor.numpy() for p in predictions],
+        "objectness_logits": [p["proposals"].objectness_logits.numpy() for p in predictions],
+        "ids": [p["image_id"] for p in predictions],
+        "bbox_mode": BoxMode.XYXY_ABS.value,
+    }
+    save_output("box_proposals.pkl", lambda f: pickle.dump(proposal_data, f))
+    if annotations is None:
+        log.info("Annotations are not available for evaluation.")
+        return None
+    log.info("Evaluating bbox proposals ...")
+    res: dict[str, float] = {}
+    for limit in (100, 1000):
+        for area, suffix in (("all", ""), ("small", "s"), ("medium", "m"), ("large", "l")):
+            stats = _evaluate_box_proposals(predictions, annotations, area=area, limit=limit)
+            res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
+    log.info("Proposal metrics: \n%s", create_small_table(res))
+    return res
 
 
 def _evaluate_box_proposals(

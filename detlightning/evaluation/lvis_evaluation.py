@@ -9,7 +9,6 @@ import copy
 import json
 import logging
 import os
-import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -18,11 +17,10 @@ import numpy as np
 import torch
 
 from ..data.catalog import MetadataCatalog
-from ..structures import BoxMode
 from ..utils import comm
 from ..utils.file_io import PathManager
 from ..utils.logger import create_small_table
-from .coco_evaluation import _evaluate_box_proposals, instances_to_coco_json
+from .coco_evaluation import box_proposal_results, instances_to_coco_json
 from .evaluator import DatasetEvaluator
 
 __all__ = ["LVISEvaluator"]
@@ -215,25 +213,10 @@ class LVISEvaluator(DatasetEvaluator):
 
     def _eval_box_proposals(self, predictions: list[dict[str, Any]]) -> None:
         """Average recall of ``proposals`` at 100 and 1000 proposals per image, per area range."""
-        proposal_data = {  # proposals are XYXY_ABS
-            "boxes": [p["proposals"].proposal_boxes.tensor.numpy() for p in predictions],
-            "objectness_logits": [p["proposals"].objectness_logits.numpy() for p in predictions],
-            "ids": [p["image_id"] for p in predictions],
-            "bbox_mode": BoxMode.XYXY_ABS.value,
-        }
-        self._save_output("box_proposals.pkl", lambda f: pickle.dump(proposal_data, f))
-        if not self._do_evaluation:
-            self._logger.info("Annotations are not available for evaluation.")
-            return
-        self._logger.info("Evaluating bbox proposals ...")
-        annotations = _CocoStyleAnnotations(self._lvis_api)
-        res: dict[str, float] = {}
-        for limit in (100, 1000):
-            for area, suffix in (("all", ""), ("small", "s"), ("medium", "m"), ("large", "l")):
-                stats = _evaluate_box_proposals(predictions, annotations, area=area, limit=limit)
-                res[f"AR{suffix}@{limit:d}"] = float(stats["ar"].item() * 100)
-        self._logger.info("Proposal metrics: \n%s", create_small_table(res))
-        self._results["box_proposals"] = res
+        annotations = _CocoStyleAnnotations(self._lvis_api) if self._do_evaluation else None
+        res = box_proposal_results(predictions, annotations, self._save_output, self._logger)
+        if res is not None:
+            self._results["box_proposals"] = res
 
 
 def _evaluate_predictions_on_lvis(

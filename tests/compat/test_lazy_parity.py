@@ -142,3 +142,14 @@ def test_model_zoo_get_trained_loads_the_released_pkl_from_the_cache(tmp_path, m
     state = model.state_dict()
     assert set(state) == set(weights)
     assert all(torch.equal(state[k], weights[k]) for k in weights)
+
+
+def test_common_cascade_model_has_detectron2s_cascade_keys():
+    """``common/models/cascade_rcnn.py`` (also the base of the ViTDet cascades) gives the state dict of detectron2's
+    Cascade Mask R-CNN R50-FPN (manifest only: no stored outputs for it)."""
+    from detlightning import model_zoo
+    from detlightning.config import instantiate
+
+    model = instantiate(model_zoo.get_config("common/models/cascade_rcnn.py").model)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == P.manifest("cascade_mask_rcnn_R_50_FPN")["shapes"]

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...layers import batched_nms
 from ...structures import Boxes, ImageList, Instances
 from ..backbone import Backbone
 from ..postprocessing import detector_postprocess
@@ -172,6 +173,29 @@ class DenseDetector(nn.Module):
         anchor_idxs, classes_idxs = topk_idxs.unbind(dim=1)
         pred_boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
         return Instances(image_size, pred_boxes=Boxes(pred_boxes), scores=pred_scores, pred_classes=classes_idxs)
+
+    def inference_single_image(
+        self,
+        anchors: list[Boxes],
+        box_cls: list[torch.Tensor],
+        box_delta: list[torch.Tensor],
+        image_size: tuple[int, int],
+    ) -> Instances:
+        """Detections of one image (RetinaNet, FCOS): per-level score threshold + top-k, decoding, then per-class NMS
+        over all levels, with the subclass's ``test_score_thresh``, ``test_topk_candidates``, ``test_nms_thresh`` and
+        ``max_detections_per_image``.
+
+        Args:
+            anchors: per level (Hi*Wi*A, 4); box_cls: per level (Hi*Wi*A, K) scores; box_delta: (.., 4).
+        Returns:
+            Instances (at most ``max_detections_per_image``) with ``pred_boxes``, ``scores``, ``pred_classes``,
+            sorted by decreasing score.
+        """
+        pred = self._decode_multi_level_predictions(
+            anchors, box_cls, box_delta, self.test_score_thresh, self.test_topk_candidates, image_size
+        )
+        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
+        return pred[keep[: self.max_detections_per_image]]
 
     def _decode_multi_level_predictions(
         self,

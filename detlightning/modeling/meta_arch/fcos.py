@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...layers import ShapeSpec, batched_nms, cat, sigmoid_focal_loss_jit
+from ...layers import ShapeSpec, cat, sigmoid_focal_loss_jit
 from ...structures import Boxes, ImageList, Instances, pairwise_point_box_distance
 from ...utils.events import get_event_storage
 from ..anchor_generator import DefaultAnchorGenerator
@@ -240,25 +240,6 @@ class FCOS(DenseDetector):
             results.append(self.inference_single_image(anchors, scores, deltas, image_size))
         return results
 
-    def inference_single_image(
-        self,
-        anchors: list[Boxes],
-        box_cls: list[torch.Tensor],
-        box_delta: list[torch.Tensor],
-        image_size: tuple[int, int],
-    ) -> Instances:
-        """Per-level score threshold + top-k, decoding, then per-class NMS over all levels (as RetinaNet).
-
-        Args:
-            anchors: per level (Hi*Wi, 4); box_cls: per level (Hi*Wi, K) scores; box_delta: per level (Hi*Wi, 4).
-        Returns:
-            Instances (at most ``max_detections_per_image``) with ``pred_boxes``, ``scores``, ``pred_classes``.
-        """
-        pred = self._decode_multi_level_predictions(
-            anchors, box_cls, box_delta, self.test_score_thresh, self.test_topk_candidates, image_size
-        )
-        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
-        return pred[keep[: self.max_detections_per_image]]
 
 
 class FCOSHead(RetinaNetHead):

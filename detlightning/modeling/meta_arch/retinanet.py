@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from ...config import configurable
 from ...config.reader import cfg_view
-from ...layers import CycleBatchNormList, ShapeSpec, batched_nms, cat, get_norm, sigmoid_focal_loss_jit
+from ...layers import CycleBatchNormList, ShapeSpec, cat, get_norm, sigmoid_focal_loss_jit
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
 from ..anchor_generator import build_anchor_generator
@@ -235,26 +235,6 @@ class RetinaNet(DenseDetector):
             results.append(self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size))
         return results
 
-    def inference_single_image(
-        self,
-        anchors: list[Boxes],
-        box_cls: list[torch.Tensor],
-        box_delta: list[torch.Tensor],
-        image_size: tuple[int, int],
-    ) -> Instances:
-        """Detections of one image: per-level score threshold + top-k, then per-class NMS over all levels.
-
-        Args:
-            anchors: per level (Hi*Wi*A, 4); box_cls: per level (Hi*Wi*A, K) probabilities; box_delta: (.., 4).
-        Returns:
-            Instances (at most ``max_detections_per_image``) with ``pred_boxes``, ``scores``, ``pred_classes``,
-            sorted by decreasing score.
-        """
-        pred = self._decode_multi_level_predictions(
-            anchors, box_cls, box_delta, self.test_score_thresh, self.test_topk_candidates, image_size
-        )
-        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
-        return pred[keep[: self.max_detections_per_image]]
 
 
 class RetinaNetHead(nn.Module):

@@ -6,13 +6,10 @@ from torch import nn
 
 from detlightning import model_zoo
 from detlightning.config import LazyCall as L
-from detlightning.layers import ShapeSpec
 from detlightning.modeling import MViT
-from detlightning.modeling.box_regression import Box2BoxTransform
-from detlightning.modeling.matcher import Matcher
-from detlightning.modeling.roi_heads import CascadeROIHeads, FastRCNNConvFCHead, FastRCNNOutputLayers
 from detlightning.solver import MultiStepParamScheduler, WarmupParamScheduler
 
+from ...common.models.cascade_rcnn import to_cascade_roi_heads
 from ..common.coco_loader_lsj import dataloader
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
@@ -33,31 +30,7 @@ model.backbone.update(in_features="${.bottom_up.out_features}", norm="LN", squar
 model.proposal_generator.head.conv_dims = [-1, -1]  # two convs in the RPN head
 
 # three class-agnostic box stages, 4conv1fc LayerNorm heads
-for _single in ("box_head", "box_predictor", "proposal_matcher"):
-    del model.roi_heads[_single]
-_stages = [(0.5, (10, 5)), (0.6, (20, 10)), (0.7, (30, 15))]  # (IoU threshold, (dx/dy weight, dw/dh weight))
-model.roi_heads.update(
-    _target_=CascadeROIHeads,
-    box_heads=[
-        L(FastRCNNConvFCHead)(
-            input_shape=ShapeSpec(channels=256, height=7, width=7), conv_dims=[256] * 4, fc_dims=[1024], conv_norm="LN"
-        )
-        for _ in _stages
-    ],
-    box_predictors=[
-        L(FastRCNNOutputLayers)(
-            input_shape=ShapeSpec(channels=1024),
-            box2box_transform=L(Box2BoxTransform)(weights=(xy, xy, wh, wh)),
-            num_classes="${...num_classes}",
-            cls_agnostic_bbox_reg=True,
-            test_score_thresh=0.05,
-        )
-        for _, (xy, wh) in _stages
-    ],
-    proposal_matchers=[
-        L(Matcher)(thresholds=[iou], labels=[0, 1], allow_low_quality_matches=False) for iou, _ in _stages
-    ],
-)
+to_cascade_roi_heads(model.roi_heads, conv_dims=[256] * 4, fc_dims=[1024], conv_norm="LN")
 model.roi_heads.mask_head.conv_norm = "LN"
 
 train = model_zoo.get_config("common/train.py").train
