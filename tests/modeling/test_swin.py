@@ -215,7 +215,7 @@ def test_frozen_stages():
 def test_drop_path_rates_rise_linearly():
     model = tiny_swin(drop_path_rate=0.7)
     rates = [
-        blk.drop_path.p if not isinstance(blk.drop_path, nn.Identity) else 0.0
+        blk.drop_path.drop_prob if not isinstance(blk.drop_path, nn.Identity) else 0.0
         for layer in model.layers
         for blk in layer.blocks
     ]

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 from torch.utils import checkpoint as activation_checkpoint
-from torchvision.ops import StochasticDepth
 
 from .backbone import Backbone
+from .utils import DropPath, Mlp
 
 __all__ = [
     "Mlp",
@@ -33,28 +33,6 @@ __all__ = [
 
 # logit added between tokens of a shifted window that come from different image regions (detectron2's value)
 _MASKED_LOGIT = -100.0
-
-
-class Mlp(nn.Module):
-    """Two linear layers with an activation between them and dropout after each."""
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int | None = None,
-        out_features: int | None = None,
-        act_layer: Callable[[], nn.Module] = nn.GELU,
-        drop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        hidden = hidden_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden)
-        self.act = act_layer()
-        self.fc2 = nn.Linear(hidden, out_features or in_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -171,7 +149,7 @@ class WindowAttention(nn.Module):
 
 
 def _drop_path(rate: float) -> nn.Module:
-    return StochasticDepth(rate, mode="row") if rate > 0.0 else nn.Identity()
+    return DropPath(rate) if rate > 0.0 else nn.Identity()
 
 
 class SwinTransformerBlock(nn.Module):

@@ -178,7 +178,8 @@ class PatchEmbed(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two-layer perceptron ``fc2(act(fc1(x)))`` on the last dimension (timm's ``Mlp`` layout, no dropout)."""
+    """Two-layer perceptron ``fc2(act(fc1(x)))`` on the last dimension (timm's ``Mlp`` layout), with dropout ``drop``
+    after each layer (Swin's; 0 for ViT/MViT)."""
 
     def __init__(
         self,
@@ -186,6 +187,7 @@ class Mlp(nn.Module):
         hidden_features: int | None = None,
         out_features: int | None = None,
         act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
     ) -> None:
         super().__init__()
         hidden_features = hidden_features or in_features
@@ -193,9 +195,10 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = act_layer()
         self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class DropPath(nn.Module):
