@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.utils.data as torchdata
 
+from detlightning.checkpoint.safe_pickle import ALLOW_UNSAFE_PICKLE_ENV, load_pickle
 from detlightning.config import configurable
 from detlightning.config.reader import cfg_get
 from detlightning.structures import BoxMode
@@ -78,16 +79,33 @@ def filter_images_with_few_keypoints(dataset_dicts: list[dict], min_keypoints_pe
     return dataset_dicts
 
 
-def load_proposals_into_dataset(dataset_dicts: list[dict], proposal_file: str) -> list[dict]:
+def load_proposals_into_dataset(
+    dataset_dicts: list[dict], proposal_file: str, *, allow_unsafe_pickle: bool | None = None
+) -> list[dict]:
     """Attach precomputed proposals (a pickle with ``ids``/``boxes``/``objectness_logits`` or the old
     ``indexes``/``scores`` names) to each dict as ``proposal_boxes`` (sorted by logit), ``proposal_objectness_logits``
-    and ``proposal_bbox_mode``."""
+    and ``proposal_bbox_mode``.
+
+    The file is read with the restricted unpickler of the checkpoints (numpy arrays and plain containers only);
+    anything else is refused naming the file, unless ``allow_unsafe_pickle=True`` or
+    ``$DETLIGHTNING_ALLOW_UNSAFE_PICKLE=1`` says the file is trusted.
+    """
     logger.info("Loading proposals from: %s", proposal_file)
     try:
-        with open(proposal_file, "rb") as f:
-            proposals = pickle.load(f, encoding="latin1")
+        proposals = load_pickle(proposal_file, allow_unsafe=allow_unsafe_pickle)
     except FileNotFoundError as e:
         raise FileNotFoundError(f"Proposal file not found: {proposal_file}") from e
+    except pickle.UnpicklingError as e:
+        raise pickle.UnpicklingError(
+            f"Refusing to load the proposal file {proposal_file}: {e}. For proposal files, opt in with "
+            f"load_proposals_into_dataset(..., allow_unsafe_pickle=True) or {ALLOW_UNSAFE_PICKLE_ENV}=1 (e.g. "
+            f"`{ALLOW_UNSAFE_PICKLE_ENV}=1 python scripts/train.py ...`), only for files you trust."
+        ) from e
+    if not isinstance(proposals, dict) or "boxes" not in proposals:
+        raise ValueError(
+            f"Proposal file {proposal_file} must hold a dict with 'ids', 'boxes' and 'objectness_logits', got "
+            f"{type(proposals).__name__}" + (f" with keys {sorted(proposals)}" if isinstance(proposals, dict) else "")
+        )
     for old, new in (("indexes", "ids"), ("scores", "objectness_logits")):
         if old in proposals:
             proposals[new] = proposals.pop(old)

@@ -30,6 +30,7 @@ from detlightning.utils import comm
 from .build import build_detection_test_loader, build_detection_train_loader, total_batch_size_from_cfg
 from .catalog import DatasetCatalog
 from .datasets.shapes import register_shapes_from_cfg
+from .validate import validate_datasets_from_cfg
 
 __all__ = ["DetectionDataModule", "EpochView", "register_shapes_from_cfg", "train_iters_per_epoch"]
 
@@ -99,6 +100,8 @@ class DetectionDataModule(LightningDataModule):
         # In every process (spawned DDP workers start with fresh catalogs): the built-in shapes splits with the
         # config's parameters, before any loader or evaluator reads them.
         register_shapes_from_cfg(self.cfg)
+        if stage == "fit" and cfg_get(self.cfg, "dataloader.validate", False):
+            validate_datasets_from_cfg(self.cfg)  # every rank: all raise together, none waits for the others
 
     # ------------------------------------------------------------------ overridable builders (detectron2 style)
     def build_train_loader(self) -> Iterable[list[dict]]:

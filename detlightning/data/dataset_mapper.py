@@ -58,6 +58,7 @@ class DatasetMapper:
         self.skip_bad_samples = skip_bad_samples
         self._lock = threading.Lock()
         self._num_skipped = 0
+        self._warned_no_mask: set[str] = set()
         # How the image is read and augmented.
         self.image_format = image_format
         self.augmentations = T.AugmentationList(augmentations)
@@ -110,22 +111,42 @@ class DatasetMapper:
         optional_fields = {"segmentation": self.use_instance_mask, "keypoints": self.use_keypoint}
         unwanted = [key for key, enabled in optional_fields.items() if not enabled]
         targets = []
+        no_mask = []
         for idx, obj in enumerate(dataset_dict.pop("annotations")):
             utils.validate_annotation(obj, file_name, idx)
             for key in unwanted:
                 obj.pop(key, None)
             if obj.get("iscrowd", 0) != 0:
                 continue  # crowd regions are not training targets
+            if self.use_instance_mask and not utils.has_mask(obj):
+                # an instance without a mask cannot be a mask target; the image's other instances keep theirs
+                no_mask.append(obj.get("id", f"#{idx}"))
+                continue
             targets.append(
                 utils.transform_instance_annotations(
                     obj, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
                 )
             )
+        if no_mask:
+            self._warn_no_mask(file_name, no_mask)
         instances = utils.annotations_to_instances(targets, image_shape, mask_format=self.instance_mask_format)
         # A crop can shrink a mask well inside its box; a tight box around the mask is the better target.
         if self.recompute_boxes:
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
+
+    def _warn_no_mask(self, file_name: str, annotation_ids: list[Any]) -> None:
+        """Warn once per image (per process) about annotations dropped for lacking a mask."""
+        with self._lock:
+            if file_name in self._warned_no_mask:
+                return
+            self._warned_no_mask.add(file_name)
+        logger.warning(
+            "Image %s: dropped annotation(s) %s from the training targets: no (or an empty) 'segmentation' while "
+            "instance masks are on (model.mask_on); the image's other annotations keep their masks.",
+            file_name,
+            annotation_ids,
+        )
 
     def _load(self, record: dict[str, Any]) -> T.AugInput:
         """Read the image (checked against the recorded size) and, if any, the semantic label map of ``record``
@@ -133,7 +154,7 @@ class DatasetMapper:
         image = utils.read_image(record["file_name"], format=self.image_format)
         utils.check_image_size(record, image)
         seg_path = record.pop("sem_seg_file_name", None)
-        label_map = None if seg_path is None else utils.read_image(seg_path, "L").squeeze(2)
+        label_map = None if seg_path is None else utils.read_label_map(seg_path)
         return T.AugInput(image, sem_seg=label_map)
 
     def _map(self, dataset_dict: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,6 @@ Same names and semantics as ``detectron2.data.detection_utils``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from detlightning.structures import BitMasks, Boxes, BoxMode, Instances, Keypoin
 
 from . import transforms as T
 from .catalog import MetadataCatalog
+from .validate import SIXTEEN_BIT_MODES, annotation_problems
 
 __all__ = [
     "SizeMismatchError",
@@ -38,6 +38,8 @@ __all__ = [
     "read_image",
     "check_metadata_consistency",
     "validate_annotation",
+    "read_label_map",
+    "has_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,12 +87,8 @@ def convert_image_to_rgb(image: np.ndarray | torch.Tensor, format: str) -> np.nd
     return np.clip(image, 0, 255).astype(np.uint8) if image.dtype != np.uint8 else image
 
 
-def read_image(file_name: str, format: str | None = None) -> np.ndarray:
-    """Read an image file, apply its EXIF orientation, and convert it to ``format``.
-
-    Returns (H, W, C) uint8 ((H, W, 1) for "L"; (H, W) for format=None with a single-channel file).
-    Raises FileNotFoundError for a missing file and ValueError (naming the file) for an unreadable one.
-    """
+def _open_image(file_name: str) -> Image.Image:
+    """The decoded PIL image of ``file_name``, upright per its EXIF orientation; errors name the file."""
     try:
         with open(file_name, "rb") as f:
             image = Image.open(f)
@@ -100,8 +98,59 @@ def read_image(file_name: str, format: str | None = None) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"Cannot read image file {file_name} (corrupt or not an image): {e}") from e
     # Phone photos store the camera's orientation in EXIF; the annotations refer to the upright image.
-    image = ImageOps.exif_transpose(image)
+    return ImageOps.exif_transpose(image)
+
+
+def _high_bit_depth_values(image: Image.Image, file_name: str) -> np.ndarray | None:
+    """The pixel values of a 16-bit grayscale (or 32-bit integer holding 16-bit data) image as an integer array;
+    None for other modes. Float images and integer values outside [0, 65535] are refused, naming the file."""
+    if image.mode == "F":
+        raise ValueError(
+            f"Image {file_name} has 32-bit float pixels (PIL mode F), which cannot be converted to an 8-bit "
+            "image without knowing their range; convert it to an 8-bit RGB or grayscale file"
+        )
+    if image.mode not in SIXTEEN_BIT_MODES and image.mode != "I":
+        return None
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(
+            f"Image {file_name} is a 32-bit integer image (PIL mode {image.mode}) with values in "
+            f"[{values.min()}, {values.max()}]; only 8-bit and 16-bit images are supported"
+        )
+    return values
+
+
+def read_image(file_name: str, format: str | None = None) -> np.ndarray:
+    """Read an image file, apply its EXIF orientation, and convert it to ``format``.
+
+    Returns (H, W, C) uint8 ((H, W, 1) for "L"; (H, W) for format=None with a single-channel file).
+    16-bit grayscale files are scaled to 8 bits (``>> 8``: 65535 -> 255) before the conversion; ``format=None``
+    keeps their raw uint16 values. Raises FileNotFoundError for a missing file and ValueError (naming the file)
+    for an unreadable one or a float/32-bit image.
+    """
+    image = _open_image(file_name)
+    if format is not None:
+        values = _high_bit_depth_values(image, file_name)
+        if values is not None:
+            image = Image.fromarray((values >> 8).astype(np.uint8), mode="L")
     return convert_PIL_to_numpy(image, format)
+
+
+def read_label_map(file_name: str) -> np.ndarray:
+    """A semantic-segmentation label map as an (H, W) uint8 array of class ids (detectron2 reads it as "L").
+
+    16-bit files keep their values (no scaling: they are ids, not intensities) and are refused, naming the
+    file, when an id exceeds 255."""
+    image = _open_image(file_name)
+    values = _high_bit_depth_values(image, file_name)
+    if values is None:
+        return convert_PIL_to_numpy(image, "L")[:, :, 0]
+    if values.size and values.max() > 255:
+        raise ValueError(
+            f"Semantic label map {file_name} (PIL mode {image.mode}) has label values up to {values.max()}; "
+            "labels must be in [0, 255] (use 255 for 'ignore')"
+        )
+    return values.astype(np.uint8)
 
 
 def check_image_size(dataset_dict: dict[str, Any], image: np.ndarray) -> None:
@@ -154,31 +203,24 @@ def get_bbox(annotation: dict[str, Any]) -> np.ndarray:
 
 def validate_annotation(annotation: dict[str, Any], file_name: str = "?", index: int | None = None) -> None:
     """Raise ValueError/KeyError (naming the image file and the annotation id or index) for an annotation without
-    a usable ``bbox`` (4 finite numbers, non-negative size), ``bbox_mode`` or integer ``category_id``."""
+    a usable ``bbox`` (4 finite numbers below 2^31, non-negative size), ``bbox_mode``, integer ``category_id``
+    or 0/1 ``iscrowd``, or with malformed ``segmentation`` / ``keypoints`` (see
+    :func:`detlightning.data.validate.annotation_problems`)."""
     ident = annotation.get("id", index)
     where = f"image {file_name}, annotation {'id ' if 'id' in annotation else '#'}{ident}"
-    for key in ("bbox", "bbox_mode", "category_id"):
-        if key not in annotation:
-            raise KeyError(f"{where}: missing '{key}' (keys: {sorted(annotation.keys())})")
-    bbox = annotation["bbox"]
-    try:
-        values = [float(v) for v in np.asarray(bbox, dtype=np.float64).reshape(-1)]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: 'bbox' must be numbers, got {bbox!r}") from e
-    if len(values) != 4:
-        raise ValueError(f"{where}: 'bbox' must have 4 numbers, got {len(values)}: {bbox!r}")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{where}: 'bbox' has a non-finite value: {bbox!r}")
-    mode = BoxMode(annotation["bbox_mode"])
-    if mode in (BoxMode.XYWH_ABS, BoxMode.XYWH_REL):
-        w, h = values[2], values[3]
-    else:
-        w, h = values[2] - values[0], values[3] - values[1]
-    if w < 0 or h < 0:
-        raise ValueError(f"{where}: 'bbox' has a negative width or height ({mode.name}): {bbox!r}")
-    cat = annotation["category_id"]
-    if isinstance(cat, bool) or not isinstance(cat, (int, np.integer)) or cat < 0:
-        raise ValueError(f"{where}: 'category_id' must be a non-negative int, got {cat!r}")
+    for problem in annotation_problems(annotation, where):
+        if problem.severity == "error":
+            raise (KeyError if problem.kind == "missing_key" else ValueError)(problem.message)
+
+
+def has_mask(annotation: dict[str, Any]) -> bool:
+    """Whether ``annotation`` has a non-empty ``segmentation`` (polygons, RLE dict or mask array)."""
+    segm = annotation.get("segmentation")
+    if segm is None:
+        return False
+    if isinstance(segm, np.ndarray):
+        return True
+    return len(segm) > 0
 
 
 def _transform_segmentation(
@@ -284,7 +326,16 @@ def annotations_to_instances(
     target.gt_boxes = Boxes(torch.as_tensor(np.asarray(boxes, dtype=np.float32)))
     target.gt_classes = torch.tensor([int(obj["category_id"]) for obj in annos], dtype=torch.int64)
 
-    if len(annos) and "segmentation" in annos[0]:
+    # a polygon list can be empty here: an instance cropped away by the augmentation (filtered out later)
+    with_mask = ["segmentation" in obj for obj in annos]
+    if any(with_mask) and not all(with_mask):
+        missing = [i for i, m in enumerate(with_mask) if not m]
+        raise ValueError(
+            f"Annotations #{missing} of this image have no 'segmentation' while the others have "
+            "masks; drop them before annotations_to_instances (DatasetMapper drops them with a warning) so the "
+            "other instances keep their masks"
+        )
+    if len(annos) and with_mask[0]:
         segms = [obj["segmentation"] for obj in annos]
         if mask_format == "polygon":
             try:

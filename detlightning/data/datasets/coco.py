@@ -18,6 +18,7 @@ from PIL import Image
 from detlightning.structures import Boxes, BoxMode, PolygonMasks
 
 from ..catalog import DatasetCatalog, MetadataCatalog
+from ..validate import MAX_COORDINATE, ProblemCollector, describe
 
 __all__ = [
     "load_coco_json",
@@ -54,16 +55,91 @@ def _require(d: Any, key: str, what: str, json_file: str) -> Any:
     return d[key]
 
 
-def _check_bbox(bbox: Any, json_file: str, ann_id: Any, image_id: Any) -> None:
-    where = f"{json_file}: annotation id {ann_id} (image id {image_id})"
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_bbox(bbox: Any, where: str, problems: ProblemCollector) -> bool:
+    """Error unless ``bbox`` is 4 finite numbers in pixel range with w, h >= 0; returns whether it is usable."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-        got = len(bbox) if isinstance(bbox, (list, tuple)) else type(bbox).__name__
-        raise ValueError(f"{where}: 'bbox' must be 4 numbers [x, y, w, h], got {got}: {bbox!r}")
-    for v in bbox:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{where}: 'bbox' must contain finite numbers, got {bbox!r}")
+        got = f"{len(bbox)} values" if isinstance(bbox, (list, tuple)) else describe(bbox)
+        problems.error("bad_bbox", f"{where}: 'bbox' must be 4 numbers [x, y, w, h], got {got}: {bbox!r}")
+        return False
+    if not all(_is_number(v) for v in bbox):
+        bad = next(v for v in bbox if not _is_number(v))
+        problems.error("bad_type", f"{where}: 'bbox' must contain numbers (int or float), got {describe(bad)} in "
+                       f"{bbox!r}")
+        return False
+    if not all(math.isfinite(v) for v in bbox):
+        problems.error("bad_bbox", f"{where}: 'bbox' must contain finite numbers, got {bbox!r}")
+        return False
+    if any(abs(v) > MAX_COORDINATE for v in bbox):
+        problems.error("bad_bbox", f"{where}: 'bbox' value out of range (|v| must be < 2^31 pixels): {bbox!r}")
+        return False
     if bbox[2] < 0 or bbox[3] < 0:
-        raise ValueError(f"{where}: 'bbox' has a negative width or height: {bbox!r}")
+        problems.error("bad_bbox", f"{where}: 'bbox' has a negative width or height: {bbox!r}")
+        return False
+    return True
+
+
+def _check_image(img: Any, index: int, json_file: str, problems: ProblemCollector) -> dict[str, Any] | None:
+    """The image entry with int ``height``/``width``, or None (after an error) when it is unusable."""
+    if not isinstance(img, dict):
+        problems.error("bad_type", f"{json_file}: image #{index} must be a json object, got {describe(img)}")
+        return None
+    img_id = _require(img, "id", f"image #{index}", json_file)
+    if not (_is_int(img_id) or isinstance(img_id, str)):
+        problems.error("bad_type", f"{json_file}: image #{index}: 'id' must be an integer, got {describe(img_id)}")
+        return None
+    for key in ("file_name", "height", "width"):
+        _require(img, key, f"image id {img_id}", json_file)
+    where = f"{json_file}: image id {img_id}"
+    file_name = img["file_name"]
+    if not isinstance(file_name, str) or not file_name:
+        problems.error("bad_type", f"{where}: 'file_name' must be a non-empty string (a path relative to the "
+                       f"image root), got {describe(file_name)}")
+        return None
+    sizes = {}
+    for key in ("height", "width"):
+        v = img[key]
+        # integral floats (480.0) are accepted: some exporters write every number as a float
+        if _is_number(v) and math.isfinite(v) and v == int(v) and v > 0:
+            sizes[key] = int(v)
+        else:
+            problems.error("bad_type", f"{where} ({file_name}): '{key}' must be a positive integer (pixels), got "
+                           f"{describe(v)}")
+            return None
+    return {**img, **sizes}
+
+
+def _check_annotation_types(anno: dict[str, Any], where: str, problems: ProblemCollector) -> bool:
+    """Error for ``iscrowd`` / ``category_id`` of the wrong type; returns whether they are usable."""
+    crowd = anno.get("iscrowd", 0)
+    if not (_is_int(crowd) or isinstance(crowd, bool)) or crowd not in (0, 1):
+        problems.error("bad_type", f"{where}: 'iscrowd' must be 0 or 1 (an integer), got {describe(crowd)}")
+        return False
+    cat = anno["category_id"]
+    if not _is_int(cat):
+        problems.error("bad_type", f"{where}: 'category_id' must be an integer (an id of 'categories'), got "
+                       f"{describe(cat)}")
+        return False
+    return True
+
+
+# annotations load_coco_json drops, with one warning per json: kind -> what the warning says
+_DROPPED = {
+    "empty_box": "annotations with a zero-width or zero-height box were dropped",
+    "box_outside_image": "annotations with a box entirely outside its image were dropped",
+    "invalid_polygon": "annotations without a valid polygon (all polygons with < 3 points) were dropped",
+    "empty_segmentation": (
+        "annotations have an empty 'segmentation' (no mask); they are kept for box training and dropped from "
+        "training with instance masks (the image's other annotations keep their masks)"
+    ),
+}
 
 
 def load_coco_json(
@@ -81,10 +157,25 @@ def load_coco_json(
     x, y: COCO stores pixel indices). With ``dataset_name``, ``thing_classes`` and
     ``thing_dataset_id_to_contiguous_id`` are set in its metadata.
 
-    Errors (file, annotation id and image id in the message): unreadable json, missing keys, a bbox that is not
-    4 finite numbers with w, h >= 0, an unknown category id, duplicate annotation ids. Polygons with fewer than
-    3 points are dropped with a warning listing the annotation ids, as detectron2 does.
+    Errors (naming the file, the image/annotation id, the field and the expected type): unreadable json,
+    missing keys, wrong types (``iscrowd: "0"``, ``category_id: "1"``, ``file_name: 123``, ``width: "640"``),
+    a bbox that is not 4 finite numbers below 2^31 with w, h >= 0, an unknown category id, duplicate ids.
+    Dropped with one warning per json listing the annotation ids: zero-width/height boxes, boxes entirely
+    outside their image, and (as detectron2 does) annotations whose polygons all have fewer than 3 points.
+    ``segmentation: []`` is loaded without a mask (warned once; the mapper drops it when training masks).
     """
+    return _load_coco_json(json_file, image_root, dataset_name, extra_annotation_keys, ProblemCollector(strict=True))
+
+
+def _load_coco_json(
+    json_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    dataset_name: str | None,
+    extra_annotation_keys: Sequence[str] | None,
+    problems: ProblemCollector,
+) -> list[dict[str, Any]]:
+    """``load_coco_json`` reporting to ``problems``: strict raises the first error; otherwise (validation) every
+    problem is recorded and the offending image/annotation skipped."""
     json_file = os.fspath(json_file)
     image_root = os.fspath(image_root)
     data = _read_json(json_file)
@@ -97,8 +188,10 @@ def load_coco_json(
     id_map: dict[int, int] | None = None
     if dataset_name is not None:
         for i, c in enumerate(categories):
-            _require(c, "id", f"category #{i}", json_file)
+            cid = _require(c, "id", f"category #{i}", json_file)
             _require(c, "name", f"category #{i}", json_file)
+            if not _is_int(cid):
+                raise ValueError(f"{json_file}: category #{i}: 'id' must be an integer, got {describe(cid)}")
         cats = sorted(categories, key=lambda c: c["id"])
         cat_ids = [c["id"] for c in cats]
         if len(set(cat_ids)) != len(cat_ids):
@@ -116,12 +209,17 @@ def load_coco_json(
         meta.thing_dataset_id_to_contiguous_id = id_map
 
     imgs_by_id: dict[Any, dict] = {}
-    for i, img in enumerate(images):
-        img_id = _require(img, "id", f"image #{i}", json_file)
-        for key in ("file_name", "height", "width"):
-            _require(img, key, f"image id {img_id}", json_file)
+    skipped_image_ids: set = set()
+    for i, raw in enumerate(images):
+        img = _check_image(raw, i, json_file, problems)
+        if img is None:
+            if isinstance(raw, dict) and isinstance(raw.get("id"), (int, str)):
+                skipped_image_ids.add(raw["id"])
+            continue
+        img_id = img["id"]
         if img_id in imgs_by_id:
-            raise ValueError(f"{json_file}: image id {img_id} appears more than once in 'images'")
+            problems.error("duplicate_id", f"{json_file}: image id {img_id} appears more than once in 'images'")
+            continue
         imgs_by_id[img_id] = img
 
     anns_by_image: dict[Any, list[dict]] = {k: [] for k in imgs_by_id}
@@ -129,37 +227,58 @@ def load_coco_json(
     seen_ann_ids: set = set()
     duplicate_ids = []
     for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            problems.error("bad_type", f"{json_file}: annotation #{i} must be a json object, got {describe(ann)}")
+            continue
         ann_id = _require(ann, "id", f"annotation #{i}", json_file)
         image_id = _require(ann, "image_id", f"annotation id {ann_id}", json_file)
+        ids = (("id", ann_id), ("image_id", image_id))
+        bad_ids = [(k, v) for k, v in ids if not _is_int(v) and not isinstance(v, str)]
+        if bad_ids:
+            bad_key, bad = bad_ids[0]
+            problems.error("bad_type", f"{json_file}: annotation #{i}: '{bad_key}' must be an integer, got "
+                           f"{describe(bad)}")
+            continue
         if ann_id in seen_ann_ids:
             duplicate_ids.append(ann_id)
         seen_ann_ids.add(ann_id)
         if image_id not in anns_by_image:
-            orphan_ids.append(ann_id)
+            if image_id not in skipped_image_ids:
+                orphan_ids.append(ann_id)
             continue
         anns_by_image[image_id].append(ann)
     # d2-parity: the COCO-2014 minival files are known to repeat a few ids; detectron2 lets them through.
     if duplicate_ids and "minival" not in json_file:
-        raise ValueError(
-            f"Annotation ids in '{json_file}' are not unique! Repeated: {duplicate_ids[:_MAX_IDS_IN_MESSAGE]}"
+        problems.error(
+            "duplicate_id",
+            f"Annotation ids in '{json_file}' are not unique! Repeated: {duplicate_ids[:_MAX_IDS_IN_MESSAGE]}",
         )
     if orphan_ids:
-        logger.warning(
-            "%s contains %d annotations whose image_id is not in 'images' (ignored), e.g. annotation ids %s",
-            json_file,
-            len(orphan_ids),
-            orphan_ids[:_MAX_IDS_IN_MESSAGE],
+        msg = (
+            f"{json_file} contains {len(orphan_ids)} annotations whose image_id is not in 'images' (ignored), e.g. "
+            f"annotation ids {orphan_ids[:_MAX_IDS_IN_MESSAGE]}"
         )
+        if problems.strict:
+            logger.warning(msg)
+        else:
+            problems.warning("orphan_annotation", msg)
 
     ann_keys = ["iscrowd", "bbox", "keypoints", "category_id"] + list(extra_annotation_keys or [])
     dataset_dicts = []
-    invalid_segm_ids = []
-    for image_id in sorted(imgs_by_id):
+    dropped: dict[str, list[Any]] = {kind: [] for kind in _DROPPED}
+
+    def drop(kind: str, ann_id: Any, message: str) -> None:
+        dropped[kind].append(ann_id)
+        if not problems.strict:
+            problems.warning(kind, message)
+
+    for image_id in sorted(imgs_by_id, key=_sort_key):
         img = imgs_by_id[image_id]
+        width, height = img["width"], img["height"]
         record = {
             "file_name": os.path.join(image_root, img["file_name"]),
-            "height": img["height"],
-            "width": img["width"],
+            "height": height,
+            "width": width,
             "image_id": image_id,
         }
         objs = []
@@ -167,37 +286,64 @@ def load_coco_json(
             ann_id = anno["id"]
             where = f"{json_file}: annotation id {ann_id} (image id {image_id}, {img['file_name']})"
             if anno.get("ignore", 0) != 0:
-                raise ValueError(f"{where}: 'ignore' annotations are not supported")
-            for key in ("bbox", "category_id"):
-                if key not in anno:
-                    raise KeyError(f"{where}: missing '{key}' (keys: {sorted(anno.keys())})")
-            _check_bbox(anno["bbox"], json_file, ann_id, image_id)
+                problems.error("unsupported", f"{where}: 'ignore' annotations are not supported")
+                continue
+            missing = [key for key in ("bbox", "category_id") if key not in anno]
+            if missing:
+                problems.error("missing_key", f"{where}: missing '{missing[0]}' (keys: {sorted(anno.keys())})",
+                               KeyError)
+                continue
+            if not _check_annotation_types(anno, where, problems) or not _check_bbox(anno["bbox"], where, problems):
+                continue
+            x, y, w, h = anno["bbox"]
+            if w <= 0 or h <= 0:
+                drop("empty_box", ann_id, f"{where}: 'bbox' {anno['bbox']!r} has zero width or height (dropped)")
+                continue
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                drop("box_outside_image", ann_id, f"{where}: 'bbox' {anno['bbox']!r} lies entirely outside the "
+                     f"{width}x{height} image (dropped)")
+                continue
             obj = {key: anno[key] for key in ann_keys if key in anno}
 
             segm = anno.get("segmentation", None)
-            if segm:  # list[list[float]] polygons or a dict RLE
+            if isinstance(segm, (list, dict)) and len(segm) == 0:
+                drop("empty_segmentation", ann_id, f"{where}: 'segmentation' is empty (no mask; dropped when "
+                     "training with instance masks)")
+            elif segm is not None:  # list[list[float]] polygons or a dict RLE
                 if isinstance(segm, dict):
                     if "counts" not in segm or "size" not in segm:
-                        raise ValueError(f"{where}: RLE segmentation needs 'counts' and 'size', got {sorted(segm)}")
+                        problems.error("bad_segmentation", f"{where}: RLE segmentation needs 'counts' and 'size', "
+                                       f"got {sorted(segm)}")
+                        continue
                     if isinstance(segm["counts"], list):
                         # uncompressed RLE -> compressed, which is what mask decoding expects
                         segm = mask_util.frPyObjects(segm, *segm["size"])
                 elif isinstance(segm, list):
                     if not all(isinstance(p, (list, tuple)) for p in segm):
-                        raise ValueError(f"{where}: polygon segmentation must be a list of lists of numbers")
+                        problems.error("bad_segmentation", f"{where}: polygon segmentation must be a list of lists "
+                                       "of numbers")
+                        continue
                     # d2-parity: drop polygons with < 3 points; an instance left with none is dropped (logged).
                     segm = [poly for poly in segm if len(poly) % 2 == 0 and len(poly) >= 6]
                     if len(segm) == 0:
-                        invalid_segm_ids.append(ann_id)
+                        drop("invalid_polygon", ann_id, f"{where}: no polygon with >= 3 points (dropped)")
                         continue
                 else:
-                    raise ValueError(f"{where}: segmentation must be polygons or RLE, got {type(segm).__name__}")
+                    problems.error("bad_type", f"{where}: 'segmentation' must be polygons (list of lists) or an "
+                                   f"RLE dict, got {describe(segm)}")
+                    continue
                 obj["segmentation"] = segm
 
             keypts = anno.get("keypoints", None)
             if keypts:
+                if not isinstance(keypts, list) or not all(_is_number(v) for v in keypts):
+                    problems.error("bad_type", f"{where}: 'keypoints' must be a list of numbers [x, y, v] * K, got "
+                                   f"{describe(keypts)}")
+                    continue
                 if len(keypts) % 3 != 0:
-                    raise ValueError(f"{where}: 'keypoints' length {len(keypts)} is not a multiple of 3")
+                    problems.error("bad_keypoints", f"{where}: 'keypoints' length {len(keypts)} is not a multiple "
+                                   "of 3")
+                    continue
                 # COCO keypoints are integer pixel indices; +0.5 puts them at the pixel centre in continuous
                 # coordinates (the inverse happens when writing COCO results).
                 keypts = [v + 0.5 if idx % 3 != 2 else v for idx, v in enumerate(keypts)]
@@ -207,24 +353,30 @@ def load_coco_json(
             if id_map is not None:
                 cat = obj["category_id"]
                 if cat not in id_map:
-                    raise KeyError(
+                    problems.error(
+                        "unknown_category",
                         f"{where}: category_id={cat} does not exist in 'categories' of the json file "
-                        f"(known ids: {sorted(id_map)})"
+                        f"(known ids: {sorted(id_map)[:50]})",
+                        KeyError,
                     )
+                    continue
                 obj["category_id"] = id_map[cat]
             objs.append(obj)
         record["annotations"] = objs
         dataset_dicts.append(record)
 
     logger.info("Loaded %d images in COCO format from %s", len(dataset_dicts), json_file)
-    if invalid_segm_ids:
-        logger.warning(
-            "Filtered out %d instances without valid segmentation (polygons with < 3 points) in %s, "
-            "annotation ids %s. There might be issues in your dataset generation process.",
-            len(invalid_segm_ids),
-            json_file,
-            invalid_segm_ids[:_MAX_IDS_IN_MESSAGE],
-        )
+    if problems.strict:
+        for kind, ids in dropped.items():
+            if ids:
+                logger.warning(
+                    "%s: %d %s; annotation ids: %s%s",
+                    json_file,
+                    len(ids),
+                    _DROPPED[kind],
+                    ids[:_MAX_IDS_IN_MESSAGE],
+                    f" (and {len(ids) - _MAX_IDS_IN_MESSAGE} more)" if len(ids) > _MAX_IDS_IN_MESSAGE else "",
+                )
     return dataset_dicts
 
 
