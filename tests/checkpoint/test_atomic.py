@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,11 @@ def test_damaged_file_is_named_on_load(tmp_path, suffix, damage):
     assert str(path) in str(err.value) and "damaged" in str(err.value)
 
 
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def test_checkpoint_file_problem(tmp_path):
     good = tmp_path / "good.pth"
     torch.save({"a": torch.arange(100000)}, good)
@@ -189,6 +195,18 @@ def test_checkpoint_file_problem(tmp_path):
     data[i] ^= 0xFF
     bad.write_bytes(bytes(data))
     assert "CRC" in checkpoint_file_problem(bad)
+    assert "truncated" in checkpoint_file_problem(_write(tmp_path / "cut.pth", bytes(data[: len(data) // 2])))
+    no_crc = tmp_path / "no_crc.pth"  # torch can skip the CRCs (all 0): not a sign of damage
+    from torch.utils.serialization import config
+
+    crc_before = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        torch.save({"a": torch.arange(100000)}, no_crc)
+    finally:
+        config.save.compute_crc32 = crc_before
+    assert zipfile.ZipFile(no_crc).testzip() is not None  # what a plain CRC check would call damaged
+    assert checkpoint_file_problem(no_crc) is None
     legacy = tmp_path / "legacy.pth"
     torch.save({"a": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
     assert checkpoint_file_problem(legacy) is None
