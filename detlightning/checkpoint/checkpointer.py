@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
+import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -21,11 +23,20 @@ from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from ..utils import comm
+from .atomic import (
+    CheckpointDamagedError,
+    atomic_torch_save,
+    atomic_write,
+    checkpoint_file_problem,
+    newest_valid_checkpoint,
+    remove_stale_temp_files,
+)
 from .paths import get_local_path
 from .safe_pickle import torch_load, unsafe_pickle_allowed
 
 __all__ = [
     "Checkpointer",
+    "CheckpointDamagedError",
     "PeriodicCheckpointer",
     "get_missing_parameters_message",
     "get_unexpected_parameters_message",
@@ -76,6 +87,10 @@ class Checkpointer:
         self.save_to_disk = save_to_disk
         self.allow_unsafe_pickle = allow_unsafe_pickle
         self.incompatible_keys: _IncompatibleKeys | None = None
+        self._num_loaded = 0  # model tensors set by the last load, and how many the model has
+        self._num_model_tensors = 0
+        if self.save_dir and self.save_to_disk and os.path.isdir(self.save_dir):
+            remove_stale_temp_files(self.save_dir)  # unfinished saves of a killed earlier run
 
     @property
     def _unsafe(self) -> bool:
@@ -97,17 +112,19 @@ class Checkpointer:
             raise ValueError(f"checkpoint name must be a plain file name without directories, got {name!r}")
         os.makedirs(self.save_dir, exist_ok=True)
         self.logger.info("Saving checkpoint to %s", save_file)
-        tmp = f"{save_file}.tmp.{os.getpid()}"
-        torch.save(data, tmp)
-        os.replace(tmp, save_file)  # a crash mid-write never leaves a truncated checkpoint behind
+        try:
+            # temp file in save_dir + fsync + rename: a crash or a full disk never leaves a truncated checkpoint
+            atomic_torch_save(data, save_file)
+        except OSError as e:
+            self.logger.error("Saving checkpoint %s failed (%s); the previous checkpoints are unchanged", save_file, e)
+            raise
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         """Record ``last_filename_basename`` (a file in ``save_dir``) as the checkpoint to resume from."""
         os.makedirs(self.save_dir or ".", exist_ok=True)
         save_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
-        with open(save_file, "w") as f:
-            f.write(last_filename_basename)
+        atomic_write(save_file, lambda f: f.write(last_filename_basename.encode()))
 
     # ---------------------------------------------------------- finding files
     def has_checkpoint(self) -> bool:
@@ -137,9 +154,19 @@ class Checkpointer:
     # ----------------------------------------------------------------- loading
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """Resume from ``last_checkpoint`` (model and all checkpointables) if ``resume`` and it exists,
-        else load only the model from ``path``."""
+        else load only the model from ``path``.
+
+        A damaged (empty, truncated) last checkpoint is reported by path and the newest intact ``.pth`` in
+        ``save_dir`` is resumed from instead."""
         if resume and self.has_checkpoint():
-            return self.load(self.get_checkpoint_file())
+            last = self.get_checkpoint_file()
+            found = newest_valid_checkpoint(last, self.get_all_checkpoint_files())
+            if found is None:
+                raise CheckpointDamagedError(
+                    f"cannot resume: {os.path.join(self.save_dir, LAST_CHECKPOINT)} names {last}, which is missing "
+                    f"or damaged, and no other intact .pth checkpoint is in {self.save_dir}"
+                )
+            return self.load(found)
         return self.load(path, checkpointables=[])
 
     def load(self, path: str, checkpointables: list[str] | None = None) -> dict[str, Any]:
@@ -160,11 +187,12 @@ class Checkpointer:
         if not os.path.isfile(local):
             raise FileNotFoundError(f"Checkpoint {path} not found (looked for the file {local})")
 
-        checkpoint = self._load_file(local)
+        checkpoint = self._read_checkpoint(local)
         incompatible = self._load_model(checkpoint)
         if incompatible is not None:
             self.incompatible_keys = incompatible
             self._log_incompatible_keys(incompatible)
+            self._check_load_summary(path, incompatible)
 
         names = list(self.checkpointables) if checkpointables is None else list(checkpointables)
         for key in names:
@@ -174,6 +202,23 @@ class Checkpointer:
                 self.logger.info("Loading %s from %s", key, path)
                 self.checkpointables[key].load_state_dict(checkpoint.pop(key))
         return checkpoint
+
+    def _read_checkpoint(self, local: str) -> dict[str, Any]:
+        """:meth:`_load_file`, with empty, truncated and non-checkpoint files reported as damaged by path."""
+        is_pickle = local.endswith(".pkl")
+        problem = _empty_file_problem(local) if is_pickle else checkpoint_file_problem(local)
+        if problem is not None:
+            raise CheckpointDamagedError(f"Checkpoint file {local} is damaged: {problem}")
+        try:
+            return self._load_file(local)
+        except (EOFError, UnicodeDecodeError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError) as e:
+            refused = isinstance(e, pickle.UnpicklingError) and str(e).startswith("Refusing")  # unsafe, not damaged
+            unreadable = not isinstance(e, RuntimeError) or "PytorchStreamReader" in str(e) or "zip archive" in str(e)
+            if refused or not unreadable:
+                raise
+            raise CheckpointDamagedError(
+                f"Checkpoint file {local} is damaged (truncated or not a checkpoint): {type(e).__name__}: {e}"
+            ) from e
 
     def _load_file(self, f: str) -> dict[str, Any]:
         """Read a local checkpoint file into a dict with (at least) a ``"model"`` state dict."""
@@ -199,6 +244,8 @@ class Checkpointer:
             if shape_model != shape_ckpt:
                 incorrect_shapes.append((k, shape_ckpt, shape_model))
                 state_dict.pop(k)
+        self._num_model_tensors = len(model_state_dict)
+        self._num_loaded = sum(1 for k in state_dict if k in model_state_dict)
         result = self.model.load_state_dict(state_dict, strict=False)
         return _IncompatibleKeys(list(result.missing_keys), list(result.unexpected_keys), incorrect_shapes)
 
@@ -215,6 +262,27 @@ class Checkpointer:
                 self.logger.info(get_missing_parameters_message(missing))
         if incompatible.unexpected_keys:
             self.logger.info(get_unexpected_parameters_message(incompatible.unexpected_keys))
+
+    def _check_load_summary(self, path: str, incompatible: _IncompatibleKeys) -> None:
+        """WARNING with the counts when anything did not match; an error when nothing did."""
+        total, loaded = self._num_model_tensors, self._num_loaded
+        missing = _filter_reused_missing_keys(self.model, incompatible.missing_keys)
+        n_missing, n_unexpected = len(missing), len(incompatible.unexpected_keys)
+        n_shapes = len(incompatible.incorrect_shapes)
+        if total > 0 and loaded == 0:
+            model_keys = sorted(self.model.state_dict())[:3]
+            other = sorted(incompatible.unexpected_keys)[:3]
+            raise ValueError(
+                f"Checkpoint {path} matches none of the model's {total} tensors: is it a checkpoint of another "
+                f"architecture? Model keys look like {model_keys}; the checkpoint has {n_unexpected} unused keys "
+                f"like {other}" + (f" and {n_shapes} keys of other shapes" if n_shapes else "")
+            )
+        if n_missing or n_unexpected or n_shapes:
+            self.logger.warning(
+                "Loaded %d of %d tensors from %s; %d missing, %d unexpected%s",
+                loaded, total, path, n_missing, n_unexpected,
+                f", {n_shapes} skipped for their shape" if n_shapes else "",
+            )
 
 
 class PeriodicCheckpointer:
@@ -283,6 +351,13 @@ def _convert_ndarray_to_tensor(state_dict: dict[str, Any], logger: logging.Logge
             k, type(v).__name__,
         )
         del state_dict[k]
+
+
+def _empty_file_problem(path: str) -> str | None:
+    try:
+        return "the file is empty (0 bytes)" if os.path.getsize(path) == 0 else None
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
 
 
 def _strip_prefix_if_present(state_dict: dict[str, Any], prefix: str) -> None:

@@ -8,10 +8,13 @@ detectron2-style model lives under an attribute (``model`` in :class:`DetectionM
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["is_lightning_checkpoint", "state_dict_from_lightning_ckpt"]
+from .atomic import CheckpointDamagedError, newest_valid_checkpoint
+
+__all__ = ["find_resume_ckpt", "is_lightning_checkpoint", "state_dict_from_lightning_ckpt"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +54,26 @@ def state_dict_from_lightning_ckpt(ckpt: Mapping[str, Any], prefix: str = "model
             ", ".join(dropped[:20]) + (" ..." if len(dropped) > 20 else ""),
         )
     return out
+
+
+def find_resume_ckpt(directory: str, last_name: str = "last.ckpt") -> str | None:
+    """The checkpoint to resume training from in ``directory``: ``last_name`` if it is intact, else (reported
+    by path at WARNING) the newest intact ``*.ckpt`` there; ``None`` when there is none at all.
+
+    Raises:
+        CheckpointDamagedError: there are ``.ckpt`` files but every one is damaged (starting over silently
+            would overwrite the run).
+    """
+    if not os.path.isdir(directory):
+        return None
+    last = os.path.join(directory, last_name)
+    others = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".ckpt")]
+    if not os.path.isfile(last) and not others:
+        return None
+    found = newest_valid_checkpoint(last if os.path.isfile(last) else None, others)
+    if found is None:
+        raise CheckpointDamagedError(
+            f"cannot resume: every .ckpt file in {directory} is damaged ({', '.join(sorted(others))}); "
+            "remove them to start over"
+        )
+    return found

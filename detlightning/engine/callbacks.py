@@ -33,6 +33,7 @@ from torch import nn
 from ..layers.batch_norm import update_bn_stats
 from ..utils import comm
 from ..utils.events import CommonMetricPrinter, EventStorage, JSONWriter
+from .checkpoint_io import use_atomic_checkpoint_io
 from .hooks import LRScheduler
 
 __all__ = [
@@ -225,6 +226,9 @@ class PeriodicCheckpointer(Callback):
         self.max_to_keep = max_to_keep
         self._periodic: Any = None
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        use_atomic_checkpoint_io(trainer)  # ModelCheckpoint's .ckpt files: crash-safe like our .pth files
+
     def _checkpointer(self, trainer: Trainer, pl_module: LightningModule) -> Any:
         from ..checkpoint import DetectionCheckpointer
         from ..checkpoint import PeriodicCheckpointer as IterationCheckpointer
@@ -261,6 +265,9 @@ class BestCheckpointer(Callback):
         self.best_metric: float | None = None
         self.best_iter: int | None = None
         self._warned = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        use_atomic_checkpoint_io(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_metric": self.best_metric, "best_iter": self.best_iter}

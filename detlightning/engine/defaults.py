@@ -165,9 +165,11 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any] | None = None, loggers: 
 
 
 def find_resume_checkpoint(cfg: DictConfig) -> str | None:
-    """``<output_dir>/checkpoints/last.ckpt`` if it exists (what ``resume=true`` continues from)."""
-    path = os.path.join(cfg.paths.output_dir, "checkpoints", "last.ckpt")
-    return path if os.path.isfile(path) else None
+    """``<output_dir>/checkpoints/last.ckpt`` (what ``resume=true`` continues from); if that is missing or
+    damaged (reported by path), the newest intact ``.ckpt`` in that folder; ``None`` when there is none."""
+    from ..checkpoint.lightning import find_resume_ckpt
+
+    return find_resume_ckpt(os.path.join(cfg.paths.output_dir, "checkpoints"))
 
 
 def _final_results(module: DetectionModule, trainer: Any) -> dict[str, Any]:

@@ -196,8 +196,10 @@ def build_lazy_trainer(cfg: DictConfig, callbacks: Sequence[Any] | None = None, 
 
 
 def _resume_checkpoint(cfg: DictConfig) -> str | None:
-    path = os.path.join(str(cfg.train.output_dir), "last.ckpt")
-    return path if os.path.isfile(path) else None
+    """``<train.output_dir>/last.ckpt``, or the newest intact ``.ckpt`` there when it is missing or damaged."""
+    from ..checkpoint.lightning import find_resume_ckpt
+
+    return find_resume_ckpt(str(cfg.train.output_dir))
 
 
 def lazy_train(cfg: DictConfig, resume: bool = False, **trainer_overrides: Any) -> dict[str, Any]:
