@@ -47,9 +47,7 @@ class DefaultPredictor:
             raise ValueError(f"DefaultPredictor supports input.format RGB or BGR, got {self.input_format!r}")
 
     def __call__(self, original_image: np.ndarray) -> dict[str, Any]:
-        if not isinstance(original_image, np.ndarray) or original_image.ndim != 3 or original_image.shape[2] != 3:
-            shape = getattr(original_image, "shape", type(original_image).__name__)
-            raise ValueError(f"DefaultPredictor expects one (H, W, 3) uint8 BGR image as a numpy array, got {shape}")
+        self._check_image(original_image)
         with torch.no_grad():
             if self.input_format == "RGB":  # the model wants input.format; callers pass OpenCV-style BGR
                 original_image = original_image[:, :, ::-1]
@@ -58,3 +56,19 @@ class DefaultPredictor:
             image = torch.as_tensor(np.ascontiguousarray(image.astype("float32").transpose(2, 0, 1)))
             image = image.to(self.device)
             return self.model([{"image": image, "height": height, "width": width}])[0]
+
+    @staticmethod
+    def _check_image(image: Any) -> None:
+        """One non-empty (H, W, 3) numpy image of finite values; a float image with max <= 1 warns (once, in the
+        model's entry check) since the model expects 0-255 pixels."""
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"DefaultPredictor expects one (H, W, 3) uint8 BGR image as a numpy array, got {shape}")
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            raise ValueError(f"DefaultPredictor got an empty image of shape {image.shape}: height and width must be > 0")
+        if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype,
+                                                                                                   np.floating)):
+            raise ValueError(f"DefaultPredictor expects a uint8 (or float, 0-255) image, got dtype {image.dtype}")
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            bad = int((~np.isfinite(image)).sum())
+            raise ValueError(f"DefaultPredictor got an image with {bad} NaN/inf pixel value(s); images must be finite")

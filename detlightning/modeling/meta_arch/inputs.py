@@ -2,6 +2,9 @@
 errors naming the offending input, key, shape or dtype; images moved to the model's device and normalised."""
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +26,14 @@ __all__ = [
 ]
 
 
+_warned_unit_range = False  # the [0, 1]-float-image warning is given once per process
+
+
 def check_batched_inputs(batched_inputs: Any, owner: str) -> None:
+    """The entry check of every meta-architecture: a non-empty list of dicts whose ``"image"`` (when given) is a
+    non-empty (C, H, W) tensor of finite values and whose ``"height"``/``"width"`` (when given) are positive
+    numbers. Errors name the input index and the field; a float image whose max is <= 1 (probably scaled to
+    [0, 1], while the models expect 0-255 pixels) gives one warning."""
     if not isinstance(batched_inputs, (list, tuple)) or len(batched_inputs) == 0:
         raise TypeError(
             f"{owner} expects a non-empty list of dicts (one per image, with an 'image' key), got "
@@ -32,6 +42,46 @@ def check_batched_inputs(batched_inputs: Any, owner: str) -> None:
     for i, x in enumerate(batched_inputs):
         if not isinstance(x, dict):
             raise TypeError(f"{owner}: batched_inputs[{i}] must be a dict, got {type(x).__name__}")
+        for key in ("height", "width"):
+            if key in x:
+                _check_output_size(x[key], f"{owner}: batched_inputs[{i}][{key!r}]")
+        img = x.get("image")
+        if isinstance(img, torch.Tensor):
+            _check_image(img, f"{owner}: batched_inputs[{i}]['image']")
+
+
+def _check_output_size(value: Any, where: str) -> None:
+    if isinstance(value, torch.Tensor):  # traced/exported graphs pass sizes as tensors
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{where} must be a positive int (the output size in pixels), got {type(value).__name__} "
+                         f"{value!r}")
+    if not value > 0:
+        raise ValueError(f"{where} must be a positive int (the output size in pixels), got {value!r}")
+
+
+def _check_image(img: torch.Tensor, where: str) -> None:
+    """Shape (C, H, W) with C, H, W > 0; finite values for float images (one reduction, one device sync)."""
+    if img.dim() != 3:
+        raise ValueError(f"{where} must have shape (C, H, W), got {tuple(img.shape)}")
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return  # shapes may be symbolic and values are not known while tracing/exporting
+    if img.numel() == 0:
+        raise ValueError(f"{where} is empty: shape {tuple(img.shape)} (C, H, W); every side must be > 0")
+    if not img.is_floating_point():
+        return
+    lo, hi = torch.stack([img.amin(), img.amax()]).float().tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = int((~torch.isfinite(img)).sum())
+        raise ValueError(f"{where} has {bad} NaN/inf pixel value(s) (shape {tuple(img.shape)}); images must be finite")
+    global _warned_unit_range
+    if hi <= 1.0 and not _warned_unit_range:
+        _warned_unit_range = True
+        warnings.warn(
+            f"{where} is a float image with max {hi:.3g} <= 1: it looks scaled to [0, 1], but the model expects "
+            f"0-255 pixel values (its pixel_mean/pixel_std are in that range); multiply by 255 (warned once)",
+            stacklevel=3,
+        )
 
 
 def require_storage(owner: str) -> None:
