@@ -4,6 +4,8 @@
 ``visualize_data.py``, ``plain_train_net.py`` and ``benchmark.py`` compose it from ``key=value`` overrides. Either way
 :func:`setup_cfg` finishes it the same way:
 
+* the overrides' values have their keys' types (``solver.max_iter=abc`` fails naming the key and the expected type,
+  :mod:`detlightning.config.schema`);
 * ``d2_config=<detectron2 yaml>``: the file decides the model, input, data, solver and test settings
   (:func:`detlightning.config.apply_d2_config`), except the keys given on the command line, which keep their values
   (``model.weights=...`` wins over the file's ``MODEL.WEIGHTS``);
@@ -25,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import apply_d2_config, compose
 from .config.config import hydra_task_overrides
 from .config.d2_compat import command_line_keys
+from .config.schema import ConfigTypeError, check_override_types
 from .data.datasets.shapes import register_shapes_from_cfg
 
 __all__ = ["load_lazy_config", "setup_cfg"]
@@ -44,6 +47,7 @@ def setup_cfg(cfg_or_overrides: DictConfig | Sequence[str], overrides: Sequence[
     if isinstance(cfg_or_overrides, DictConfig):
         cfg = cfg_or_overrides
         given = list(overrides) if overrides is not None else hydra_task_overrides()
+        _check_types(cfg, given)
     else:
         given = list(cfg_or_overrides) if overrides is None else list(overrides)
         cfg = compose(list(cfg_or_overrides))
@@ -51,6 +55,22 @@ def setup_cfg(cfg_or_overrides: DictConfig | Sequence[str], overrides: Sequence[
         cfg = apply_d2_config(cfg, keep=command_line_keys(given))
     register_shapes_from_cfg(cfg)
     return cfg
+
+
+def _check_types(cfg: DictConfig, given: Sequence[str]) -> None:
+    """The override type check of ``compose`` for a config ``@hydra.main`` composed (its config name when known)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+
+    config_name = "config"
+    if HydraConfig.initialized():
+        config_name = HydraConfig.get().job.config_name or config_name
+    try:
+        check_override_types(cfg, given, config_name=config_name)
+    except ConfigTypeError:
+        raise
+    except HydraException as e:  # an app with its own config search path: no defaults to compare with
+        logger.debug("Override type check skipped: the defaults of %r do not compose here (%s)", config_name, e)
 
 
 def load_lazy_config(

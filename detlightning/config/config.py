@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 CONFIG_MODULE = "detlightning.conf"
 
-__all__ = ["CONFIG_MODULE", "config_groups", "compose", "hydra_task_overrides"]
+__all__ = ["CONFIG_MODULE", "config_groups", "compose", "compose_without_checks", "hydra_task_overrides"]
 
 
 @contextlib.contextmanager
@@ -33,8 +33,19 @@ def compose(overrides: Sequence[str] | None = None, config_name: str = "config")
 
     ``overrides`` use Hydra's command-line syntax, e.g. ``["model=mask_rcnn", "backbone=resnet50",
     "model.roi_heads.num_classes=3"]``. The result is in struct mode: reading or writing a key that does not exist
-    raises, as does an unknown group option (Hydra's message lists the valid choices).
+    raises, as does an unknown group option (Hydra's message lists the valid choices), and an override whose value
+    does not have its key's type (``solver.max_iter=abc``: :class:`~detlightning.config.schema.ConfigTypeError`
+    naming the key and the expected type; see :mod:`detlightning.config.schema`).
     """
+    from .schema import check_override_types
+
+    cfg = compose_without_checks(overrides, config_name)
+    check_override_types(cfg, list(overrides or []), config_name=config_name)
+    return cfg
+
+
+def compose_without_checks(overrides: Sequence[str] | None = None, config_name: str = "config") -> DictConfig:
+    """:func:`compose` without the override type check (what that check compares with)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 

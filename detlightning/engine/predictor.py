@@ -65,9 +65,11 @@ class DefaultPredictor:
             shape = getattr(image, "shape", type(image).__name__)
             raise ValueError(f"DefaultPredictor expects one (H, W, 3) uint8 BGR image as a numpy array, got {shape}")
         if image.shape[0] == 0 or image.shape[1] == 0:
-            raise ValueError(f"DefaultPredictor got an empty image of shape {image.shape}: height and width must be > 0")
-        if image.dtype == np.bool_ or not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype,
-                                                                                                   np.floating)):
+            raise ValueError(
+                f"DefaultPredictor got an empty image of shape {image.shape}: height and width must be > 0"
+            )
+        numeric = np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+        if image.dtype == np.bool_ or not numeric:
             raise ValueError(f"DefaultPredictor expects a uint8 (or float, 0-255) image, got dtype {image.dtype}")
         if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
             bad = int((~np.isfinite(image)).sum())
