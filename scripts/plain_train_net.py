@@ -54,6 +54,7 @@ from detlightning import solver
 from detlightning.checkpoint import DetectionCheckpointer, PeriodicCheckpointer
 from detlightning.cli import setup_cfg
 from detlightning.data import build_detection_test_loader, build_detection_train_loader
+from detlightning.data.class_check import check_classes_fit_model, train_dataset_names
 from detlightning.evaluation import build_evaluator, flatten_results_dict, inference_on_dataset, print_csv_format
 from detlightning.modeling import build_model
 from detlightning.utils.env import seed_all_rng
@@ -182,6 +183,7 @@ def do_train(cfg: DictConfig, model: nn.Module, resume: bool = False) -> Ordered
 
     results: OrderedDict[str, dict[str, Any]] = OrderedDict()
     data_loader = build_detection_train_loader(cfg)
+    check_classes_fit_model(model, train_dataset_names(cfg))
     logger.info("Starting training from iteration %d (max_iter=%d)", start_iter, max_iter)
     with EventStorage(start_iter) as storage:
         data_iter = iter(data_loader)

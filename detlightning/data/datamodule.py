@@ -23,12 +23,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
+from torch import nn
 
 from detlightning.config.reader import cfg_get
 from detlightning.utils import comm
 
 from .build import build_detection_test_loader, build_detection_train_loader, total_batch_size_from_cfg
 from .catalog import DatasetCatalog
+from .class_check import check_classes_fit_model, train_dataset_names
 from .datasets.shapes import register_shapes_from_cfg
 from .validate import validate_datasets_from_cfg
 
@@ -102,6 +104,9 @@ class DetectionDataModule(LightningDataModule):
         register_shapes_from_cfg(self.cfg)
         if stage == "fit" and cfg_get(self.cfg, "dataloader.validate", False):
             validate_datasets_from_cfg(self.cfg)  # every rank: all raise together, none waits for the others
+        model = getattr(getattr(self.trainer, "lightning_module", None), "model", None)
+        if stage == "fit" and isinstance(model, nn.Module):  # the data's classes fit the model (start-up check)
+            check_classes_fit_model(model, train_dataset_names(self.cfg))
 
     # ------------------------------------------------------------------ overridable builders (detectron2 style)
     def build_train_loader(self) -> Iterable[list[dict]]:

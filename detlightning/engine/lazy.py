@@ -19,6 +19,7 @@ from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import LazyConfig, instantiate
+from ..data.class_check import check_classes_fit_model, train_dataset_names
 from ..solver import LRMultiplier
 from .module import DetectionModule
 
@@ -84,7 +85,9 @@ class LazyDetectionModule(DetectionModule):
         return [names if isinstance(names, str) else ",".join(names)]
 
     def train_dataloader(self) -> Any:
-        return instantiate(self.cfg.dataloader.train)
+        loader = instantiate(self.cfg.dataloader.train)
+        check_classes_fit_model(self.model, train_dataset_names(self.cfg))  # after the loader registered its data
+        return loader
 
     def val_dataloader(self) -> Any:
         return instantiate(self.cfg.dataloader.test)

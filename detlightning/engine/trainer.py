@@ -34,6 +34,7 @@ from torch import nn
 from ..checkpoint import DetectionCheckpointer
 from ..config.reader import cfg_view, is_cfg_node
 from ..data import build_detection_test_loader, build_detection_train_loader
+from ..data.class_check import check_classes_fit_model, train_dataset_names
 from ..data.datamodule import EpochView
 from ..evaluation import DatasetEvaluator, DatasetEvaluators, inference_on_dataset, print_csv_format
 from ..layers.batch_norm import get_bn_modules
@@ -113,6 +114,7 @@ class DefaultTrainer(DefaultBuilders, TrainerBase):
         self.model: nn.Module = self.build_model(cfg)
         self.optimizer = self.build_optimizer(cfg, self.model)
         self.data_loader = self.build_train_loader(cfg)
+        check_classes_fit_model(self.model, train_dataset_names(cfg))
         self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
         self.checkpointer = DetectionCheckpointer(
             self.model, self.output_dir, trainer=weakref.proxy(self), save_to_disk=comm.is_main_process()
