@@ -6,12 +6,20 @@ initialised, as under Lightning's DDP strategies), so the loaders built with the
 - ``RepeatFactorTrainingSampler``: images of rare categories repeat (LVIS-style), stochastic rounding per epoch.
 - ``InferenceSampler``: each index exactly once over all ranks, in contiguous shards.
 - ``GroupedBatchSampler``: batches whose elements share a group id (e.g. the aspect-ratio group).
+
+Resuming. The infinite samplers have a state (``state_dict`` / ``load_state_dict``): ``start``, the number of this
+rank's indices already consumed, which the next ``iter()`` skips. And, unless ``reseed=False``, right before
+yielding the element at global stream position ``p``, they seed python ``random``, numpy and torch of the process
+iterating them (a data-loader worker, or the main process with ``num_workers=0``) from ``(seed, p)``: whatever the
+mapper draws for an element (flips, crops) then depends on its position only, not on which worker read it or on
+what ran before, so a resumed run reads exactly the data the uninterrupted run would have read.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import math
+import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,6 +40,39 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_main_process_reseeds = 0  # how often a sampler reseeded the RNGs of a process that is no data-loader worker
+_pending_start: int | None = None  # set by the resume callback before the training loader is built
+
+
+def main_process_reseeds() -> int:
+    """How many times an infinite sampler has reseeded the RNGs of this process outside data-loader workers (the
+    resume callback uses it to tell whether the main process's RNG state already follows the data position)."""
+    return _main_process_reseeds
+
+
+def set_pending_start(start: int | None) -> None:
+    """The ``start`` the next infinite sampler constructed in this process takes (consumed once): how a resumed
+    run positions the sampler of a training loader that is only built once training begins."""
+    global _pending_start
+    _pending_start = None if start is None else int(start)
+
+
+def _take_pending_start() -> int:
+    global _pending_start
+    start, _pending_start = _pending_start, None
+    return start or 0
+
+
+def _seed_rngs(seed: int, position: int) -> None:
+    """Seed python ``random``, numpy and torch from ``(seed, position)`` (mixed by numpy's SeedSequence)."""
+    global _main_process_reseeds
+    words = np.random.SeedSequence([seed % 2**63, position]).generate_state(2, dtype=np.uint32)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[0]))
+    torch.manual_seed((int(words[0]) << 32) | int(words[1]))
+    if torch.utils.data.get_worker_info() is None:
+        _main_process_reseeds += 1
+
 
 def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world_size): the given values, else torch.distributed's (0 / 1 when not initialised)."""
@@ -43,18 +84,48 @@ def _placement(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 class _InfiniteSampler(Sampler[int]):
     """An endless stream of epochs, each ``_epoch(generator)`` (shuffled when ``shuffle``), from one generator seeded
-    with the shared seed; process ``rank`` takes every ``world_size``-th index."""
+    with the shared seed; process ``rank`` takes every ``world_size``-th index, skipping its first ``start``
+    ones. See the module docstring for ``reseed``."""
 
     _seed: int
     _shuffle: bool
     _rank: int
     _world_size: int
+    _start: int = 0
+    _reseed: bool = True
+
+    def _init_resume(self, reseed: bool) -> None:
+        self._reseed = bool(reseed)
+        self._start = _take_pending_start()
+        if self._start:
+            logger.info("%s resumes after %d consumed indices", type(self).__name__, self._start)
 
     def _epoch(self, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, int]:
+        """``{"start": ..., "seed": ...}``: where the next ``iter()`` begins in this rank's stream."""
+        return {"start": self._start, "seed": self._seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the first ``state["start"]`` indices of this rank's stream from the next ``iter()`` on."""
+        start = int(state["start"])
+        if start < 0:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: 'start' must be >= 0, got {start}")
+        if "seed" in state and int(state["seed"]) != self._seed:
+            logger.warning("%s: the saved state has seed %d but this sampler has seed %d; the index stream differs",
+                           type(self).__name__, int(state["seed"]), self._seed)
+        self._start = start
+
     def __iter__(self) -> Iterator[int]:
-        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+        first = self._rank + self._start * self._world_size
+        stream = itertools.islice(self._infinite_indices(), first, None, self._world_size)
+        if not self._reseed:
+            yield from stream
+            return
+        for position, index in enumerate(stream, start=self._start):
+            _seed_rngs(self._seed, position * self._world_size + self._rank)
+            yield index
 
     def _infinite_indices(self) -> Iterator[int]:
         g = torch.Generator()
@@ -82,8 +153,10 @@ class TrainingSampler(_InfiniteSampler):
         *,
         rank: int | None = None,
         world_size: int | None = None,
+        reseed: bool = True,
     ):
-        """``rank`` / ``world_size`` default to torch.distributed's (0 / 1 when not initialised)."""
+        """``rank`` / ``world_size`` default to torch.distributed's (0 / 1 when not initialised); ``reseed``: seed
+        the RNGs per element (module docstring)."""
         if not isinstance(size, int) or isinstance(size, bool):
             raise TypeError(f"TrainingSampler(size=) expects an int, got {type(size).__name__}")
         if size <= 0:
@@ -92,6 +165,7 @@ class TrainingSampler(_InfiniteSampler):
         self._shuffle = shuffle
         self._seed = int(comm.shared_random_seed() if seed is None else seed)
         self._rank, self._world_size = _placement(rank, world_size)
+        self._init_resume(reseed)
 
     def _epoch(self, generator: torch.Generator) -> torch.Tensor:
         return torch.arange(self._size)
@@ -111,8 +185,10 @@ class RandomSubsetTrainingSampler(TrainingSampler):
         *,
         rank: int | None = None,
         world_size: int | None = None,
+        reseed: bool = True,
     ):
-        super().__init__(size=size, shuffle=shuffle, seed=seed_shuffle, rank=rank, world_size=world_size)
+        super().__init__(size=size, shuffle=shuffle, seed=seed_shuffle, rank=rank, world_size=world_size,
+                         reseed=reseed)
         if not 0.0 < subset_ratio <= 1.0:
             raise ValueError(f"subset_ratio must be in (0, 1], got {subset_ratio}")
         self._size_subset = int(size * subset_ratio)
@@ -140,6 +216,7 @@ class RepeatFactorTrainingSampler(_InfiniteSampler):
         seed: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        reseed: bool = True,
     ):
         """repeat_factors: (N,) float tensor, each >= 0 (usually from ``repeat_factors_from_category_frequency``)."""
         repeat_factors = torch.as_tensor(repeat_factors, dtype=torch.float32)
@@ -152,6 +229,7 @@ class RepeatFactorTrainingSampler(_InfiniteSampler):
         self._rank, self._world_size = _placement(rank, world_size)
         self._int_part = torch.trunc(repeat_factors)
         self._frac_part = repeat_factors - self._int_part
+        self._init_resume(reseed)
 
     @staticmethod
     def repeat_factors_from_category_frequency(

@@ -13,6 +13,7 @@ from .callbacks import (
     MetricsWriter,
     PeriodicCheckpointer,
     PreciseBN,
+    ResumeState,
     VisualizePredictions,
 )
 from .defaults import (
@@ -51,6 +52,7 @@ __all__ = [
     "MetricsWriter",
     "PeriodicCheckpointer",
     "PreciseBN",
+    "ResumeState",
     "SimpleTrainer",
     "TrainerBase",
     "VisualizePredictions",

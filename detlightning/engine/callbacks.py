@@ -13,18 +13,24 @@ detectron2                        detlightning
 ``CommonMetricPrinter``           ``MetricsWriter`` (console line)
 ``TensorboardXWriter``            Lightning's TensorBoardLogger (every ``self.log``) + ``VisualizePredictions``
 (max_mem in the printer)          ``MemoryStats``
+(resume)                          ``ResumeState`` (sampler position + RNG states in every ``.ckpt``)
 ================================  =========================================================
 
 Scalars go through ``DetectionModule.storage`` (an ``EventStorage``), exactly where detectron2's writers read them.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 import sys
+import tempfile
 import time
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -44,6 +50,7 @@ __all__ = [
     "MetricsWriter",
     "PeriodicCheckpointer",
     "PreciseBN",
+    "ResumeState",
     "VisualizePredictions",
 ]
 
@@ -154,6 +161,7 @@ class MetricsWriter(Callback):
         self.print_metrics = print_metrics
         self.window_size = window_size
         self._json: JSONWriter | None = None
+        self._path: str | None = None
         self._last_write = -1
         self._printer: CommonMetricPrinter | None = None
 
@@ -165,6 +173,7 @@ class MetricsWriter(Callback):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._json = JSONWriter(path, window_size=self.window_size)
             self._json._last_write = self._last_write  # what an earlier fit/validate of this run wrote
+            self._path = path
         max_iter = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self._printer = CommonMetricPrinter(max_iter, window_size=self.window_size)
 
@@ -184,6 +193,20 @@ class MetricsWriter(Callback):
         if it % self.period == 0 or it == trainer.max_steps:
             self._write(trainer, pl_module, print_line=it != trainer.max_steps)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A resumed run (global_step k restored from a checkpoint) redoes iterations k, k+1, ...: the lines the
+        # killed run wrote for them go, so that each iteration has one line.
+        if self._json is None or self._path is None or trainer.global_step <= 0:
+            return
+        path = self._path
+        self._json.close()
+        dropped, last = _truncate_metrics(path, trainer.global_step)
+        if dropped:
+            logger.info("Resuming at iteration %d: dropped %d lines of later iterations from %s",
+                        trainer.global_step, dropped, path)
+        self._json = JSONWriter(path, window_size=self.window_size)
+        self._json._last_write = max(last, trainer.global_step - 1)
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:
             self._write(trainer, pl_module, print_line=False)
@@ -197,6 +220,47 @@ class MetricsWriter(Callback):
             self._last_write = self._json._last_write
             self._json.close()
             self._json = None
+
+
+def _is_training_line(record: dict[str, Any]) -> bool:
+    return any(k == "total_loss" or k.startswith("loss") for k in record)
+
+
+def _truncate_metrics(path: str, next_iter: int) -> tuple[int, int]:
+    """Rewrite the JSON-lines file ``path`` without the lines of the iterations a resumed run redoes (``iteration``
+    > ``next_iter``, or == ``next_iter`` with training losses; the evaluation after ``next_iter`` iterations is not
+    redone and stays) and without lines torn by a kill, atomically (a temporary file in the same folder, fsync,
+    rename). Returns (lines dropped, the last iteration kept or -1)."""
+    if not os.path.isfile(path):
+        return 0, -1
+    with open(path) as f:
+        lines = f.readlines()
+    kept: list[str] = []
+    last = -1
+    for line in lines:
+        try:
+            record = json.loads(line)
+            it = record["iteration"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by the kill
+        if isinstance(it, int) and (it > next_iter or it == next_iter and _is_training_line(record)):
+            continue
+        kept.append(line if line.endswith("\n") else line + "\n")
+        last = max(last, it) if isinstance(it, int) else last
+    if len(kept) == len(lines):
+        return 0, last
+    fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return len(lines) - len(kept), last
 
 
 def _send_images(trainer: Trainer, storage: Any) -> None:
@@ -414,3 +478,151 @@ def _draw(inp: dict[str, Any], pred: dict[str, Any], metadata: Any, channel_form
     else:
         return None
     return torch.from_numpy(out.get_image().copy()).permute(2, 0, 1).contiguous()
+
+
+def _rng_states() -> dict[str, Any]:
+    """This process's python / numpy / torch (CPU and initialised CUDA devices) RNG states, as plain values and
+    tensors (loadable with ``torch.load(weights_only=True)``)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_states(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _find_in_loader(root: Any, kind: type | tuple[type, ...], max_depth: int = 8) -> list[Any]:
+    """The objects of type ``kind`` reachable from a loader through object attributes (EpochView -> DataLoader ->
+    dataset -> sampler, aspect-ratio grouping and map wrappers included)."""
+    found: list[Any] = []
+    seen: set[int] = set()
+    stack = [(root, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if id(obj) in seen or depth > max_depth:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, kind):
+            found.append(obj)
+            continue
+        children: list[Any] = []
+        if isinstance(obj, (list, tuple)) and depth == 0 or isinstance(obj, dict) and depth == 0:
+            children = list(obj.values()) if isinstance(obj, dict) else list(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.Tensor, np.ndarray, type)):
+            children = [v for v in vars(obj).values() if hasattr(v, "__dict__") and not isinstance(v, type)]
+        stack.extend((child, depth + 1) for child in children)
+    return found
+
+
+class ResumeState(Callback):
+    """What an exact resume needs beyond Lightning's own state (step, optimizer, LR schedule), saved in every
+    Lightning checkpoint: per rank, the number of training images consumed and the python / numpy / torch RNG
+    states; plus ``last.ckpt`` brought up to date when training ends.
+
+    On resume the training sampler (``TrainingSampler``, ``RepeatFactorTrainingSampler``,
+    ``RandomSubsetTrainingSampler``) skips the consumed images, and the RNG states come back before the first
+    resumed step, unless the sampler reseeded this process while mapping the batch (``num_workers=0``: the state
+    then already follows the data position, as in the uninterrupted run). Evaluation during training runs on a
+    saved-and-restored RNG state, so it never shifts the training stream.
+
+    Bit-exact when a batch is ``per-rank batch size`` consecutive indices of the sampler stream: always without
+    ``dataloader.aspect_ratio_grouping``, and with it when ``num_workers=0`` and all images fall in one aspect
+    group. With grouping and workers or mixed aspect ratios, the resumed run reads the right stream position but
+    the grouping buffers start empty, so the batches can differ from the uninterrupted run's.
+    """
+
+    def __init__(self, save_last_on_train_end: bool = True) -> None:
+        self.save_last_on_train_end = save_last_on_train_end
+        self._consumed = 0
+        self._pending: dict[str, Any] | None = None
+        self._reseeds_at_load = 0
+        self._restore_rng_at_step: int | None = None
+        self._eval_rng: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        # every rank calls this while a checkpoint is dumped (rank 0 writes it): gather all ranks' states
+        local = {"consumed": self._consumed, "rng": _rng_states()}
+        return {"ranks": comm.all_gather(local)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        from ..data import samplers
+
+        ranks = state_dict.get("ranks") or []
+        rank, world = comm.get_rank(), comm.get_world_size()
+        if len(ranks) != world:
+            logger.warning("ResumeState: the checkpoint holds the state of %d ranks but %d run now: the data "
+                           "position and RNG states are not restored", len(ranks), world)
+            return
+        self._pending = ranks[rank]
+        self._consumed = int(self._pending["consumed"])
+        # Lightning cannot see that the sampler resumes and would warn that the data restarts
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+        # the training loader is built after this (Fit loop setup): its sampler picks the start up
+        samplers.set_pending_start(self._consumed)
+        self._reseeds_at_load = samplers.main_process_reseeds()
+
+    # ------------------------------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from ..data import samplers
+
+        if self._pending is None:
+            return
+        samplers.set_pending_start(None)  # consumed by the loader's sampler, or nothing to consume it
+        found = _find_in_loader(trainer.train_dataloader, samplers._InfiniteSampler)
+        if not found:
+            logger.warning("ResumeState: no TrainingSampler-like sampler in the training loader: the data stream "
+                           "restarts from its beginning instead of after the %d images consumed", self._consumed)
+        for sampler in found:
+            if sampler.state_dict()["start"] != self._consumed:  # built before the restore: position it now
+                sampler.load_state_dict({"start": self._consumed})
+        logger.info("Resuming the data stream after %d images (this rank)", self._consumed)
+        from ..data.common import AspectRatioGroupedDataset
+
+        if found and _find_in_loader(trainer.train_dataloader, AspectRatioGroupedDataset):
+            logger.info("Resuming with aspect-ratio grouping: the grouping buffers start empty, so the batches equal "
+                        "the uninterrupted run's only if all images share one aspect group and num_workers is 0 "
+                        "(or divides the number of batches done)")
+        self._restore_rng_at_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        from ..data import samplers
+
+        if self._pending is not None and self._restore_rng_at_step == trainer.global_step:
+            if samplers.main_process_reseeds() == self._reseeds_at_load:
+                _set_rng_states(self._pending["rng"])
+            self._pending, self._restore_rng_at_step = None, None
+        self._consumed += len(batch) if isinstance(batch, (list, tuple)) else 1
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._eval_rng = _rng_states()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._eval_rng is not None:
+            _set_rng_states(self._eval_rng)
+            self._eval_rng = None
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.save_last_on_train_end:
+            return
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in trainer.checkpoint_callbacks:
+            # Lightning writes last.ckpt only with a periodic save; make it match model_final at the end
+            if isinstance(cb, ModelCheckpoint) and cb.save_last and cb._last_global_step_saved != trainer.global_step:
+                cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))

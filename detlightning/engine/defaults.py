@@ -179,11 +179,48 @@ def _final_results(module: DetectionModule, trainer: Any) -> dict[str, Any]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k and "loss" not in k}
 
 
+def _checkpoint_global_step(path: str) -> int | None:
+    """The ``global_step`` saved in the Lightning checkpoint ``path`` (tensors memory-mapped, not read), or None
+    when it cannot be told."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # damaged or unreadable: the resume itself reports it
+        logger.warning("Cannot read the step of %s (%s: %s)", path, type(e).__name__, e)
+        return None
+    step = state.get("global_step") if isinstance(state, Mapping) else None
+    return int(step) if isinstance(step, int) else None
+
+
+def _run_is_complete(ckpt_path: str, max_steps: int, key: str) -> bool:
+    """Whether the checkpoint to resume from already reached ``max_steps`` (then training again would only redo
+    the last iterations and overwrite the final weights)."""
+    done = _checkpoint_global_step(ckpt_path)
+    if done is None or max_steps is None or max_steps < 0 or done < max_steps:
+        return False
+    logger.warning("Resume: the run is complete: %s is at iteration %d and %s=%d; nothing to train (raise %s to "
+                   "train longer). Evaluating its final weights.", ckpt_path, done, key, max_steps, key)
+    return True
+
+
+def _evaluate_finished(module: DetectionModule, trainer: Any, ckpt_path: str, has_test: bool,
+                       **test_kwargs: Any) -> dict[str, Any]:
+    """The final evaluation of a complete run: its last checkpoint's weights on the test datasets (``{}`` when there
+    are none)."""
+    if not has_test:
+        return {}
+    module.load_weights(ckpt_path)
+    trainer.test(module, **test_kwargs)
+    results = _final_results(module, trainer)
+    _print_final(results)
+    return results
+
+
 def train(cfg: DictConfig, module_cls: type[DetectionModule] = DetectionModule, datamodule_cls: type | None = None,
           **trainer_overrides: Any) -> dict[str, Any]:
     """Train as ``cfg`` says (``resume=true``: continue from the output dir's last checkpoint; ``model.weights``:
     initial weights otherwise), evaluate at the end, and return the final evaluation results
-    (``{dataset: {"bbox": {"AP": ...}}}``)."""
+    (``{dataset: {"bbox": {"AP": ...}}}``). ``resume=true`` on a run whose last checkpoint already reached
+    ``solver.max_iter`` trains nothing: it says so and returns the evaluation of that checkpoint."""
     from ..data import DetectionDataModule
 
     cfg = prepare_cfg(cfg)
@@ -200,10 +237,12 @@ def train(cfg: DictConfig, module_cls: type[DetectionModule] = DetectionModule, 
     if ckpt_path is None and cfg.model.weights:
         module.load_weights(cfg.model.weights)
     trainer = build_trainer(cfg, **trainer_overrides)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     max_steps = trainer.max_steps
-    eval_period = int(OmegaConf.select(cfg, "solver.eval_period", default=0) or 0)
     has_test = bool(list(OmegaConf.select(cfg, "datasets.test") or []))
+    if ckpt_path is not None and _run_is_complete(ckpt_path, max_steps, "solver.max_iter"):
+        return _evaluate_finished(module, trainer, ckpt_path, has_test, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    eval_period = int(OmegaConf.select(cfg, "solver.eval_period", default=0) or 0)
     # the periodic evaluation misses the last iteration when max_iter is no multiple of eval_period
     if has_test and eval_period > 0 and max_steps % eval_period != 0 and trainer.global_step >= max_steps:
         trainer.validate(module, datamodule=datamodule)

@@ -154,7 +154,7 @@ def build_lazy_trainer(cfg: DictConfig, callbacks: Sequence[Any] | None = None, 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from .callbacks import IterationTimer, LRLogger, MetricsWriter, PeriodicCheckpointer
+    from .callbacks import IterationTimer, LRLogger, MetricsWriter, PeriodicCheckpointer, ResumeState
 
     out = str(cfg.train.output_dir)
     max_iter = int(cfg.train.max_iter)
@@ -172,6 +172,7 @@ def build_lazy_trainer(cfg: DictConfig, callbacks: Sequence[Any] | None = None, 
             LRLogger(),
             MetricsWriter(period=int(_train_opt(cfg, "log_period", 20) or 20)),
             PeriodicCheckpointer(period=checkpoint_period, dirpath=out),
+            ResumeState(),
             ModelCheckpoint(dirpath=out, filename="model_{step:07d}", save_top_k=0, save_last=True,
                             every_n_train_steps=checkpoint_period or max_iter),
         ]
@@ -207,8 +208,9 @@ def _resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def lazy_train(cfg: DictConfig, resume: bool = False, **trainer_overrides: Any) -> dict[str, Any]:
     """Train a lazy config (``resume``: continue from ``<train.output_dir>/last.ckpt``; otherwise start from
-    ``train.init_checkpoint``), evaluate at the end, and return the final results."""
-    from .defaults import _final_results, _print_final
+    ``train.init_checkpoint``), evaluate at the end, and return the final results. ``resume`` on a complete run
+    (last.ckpt at ``train.max_iter``) trains nothing and returns the evaluation of that checkpoint."""
+    from .defaults import _evaluate_finished, _final_results, _print_final, _run_is_complete
 
     module = LazyDetectionModule(cfg)
     ckpt_path = _resume_checkpoint(cfg) if resume else None
@@ -218,9 +220,11 @@ def lazy_train(cfg: DictConfig, resume: bool = False, **trainer_overrides: Any) 
     if ckpt_path is None and init:
         module.load_weights(init)
     trainer = build_lazy_trainer(cfg, **trainer_overrides)
-    trainer.fit(module, ckpt_path=ckpt_path)
     max_iter, eval_period = trainer.max_steps, int(_train_opt(cfg, "eval_period", 0) or 0)
     has_eval = OmegaConf.select(cfg, "dataloader.evaluator") is not None
+    if ckpt_path is not None and _run_is_complete(ckpt_path, max_iter, "train.max_iter"):
+        return _evaluate_finished(module, trainer, ckpt_path, has_eval)
+    trainer.fit(module, ckpt_path=ckpt_path)
     # the periodic evaluation misses the last iteration when max_iter is no multiple of eval_period
     if has_eval and eval_period > 0 and max_iter % eval_period != 0 and trainer.global_step >= max_iter:
         trainer.validate(module)

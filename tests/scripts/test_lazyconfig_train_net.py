@@ -151,11 +151,14 @@ def test_docs_style_lazy_config_trains_evaluates_checkpoints_and_resumes(shapes,
     assert "max_iter: 5" in saved and "num_classes: 3" in saved
     assert (out / "last.ckpt").is_file()
 
-    # --resume continues to a longer schedule from last.ckpt
+    # --resume continues to a longer schedule from last.ckpt (written at iteration 5, the end of training): the
+    # training line of iteration 5 yields to the evaluation line at 5, as in an uninterrupted run (JSONWriter
+    # writes an iteration once)
     script, args = _args(cfg_file, "train.max_iter=7", "model.roi_heads.num_classes=3", resume=True)
     script.main(args)
     lines = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
-    assert [x["iteration"] for x in lines if "total_loss" in x][-2:] == [5, 6]
+    assert [x["iteration"] for x in lines if "total_loss" in x] == [0, 1, 2, 3, 4, 6]
+    assert [x["iteration"] for x in lines] == [0, 1, 2, 3, 4, 5, 6, 7]
 
     # --eval-only on the final weights gives the numbers the end of training gave
     script, args = _args(cfg_file, "model.roi_heads.num_classes=3", f"train.init_checkpoint={out}/model_final.pth",
@@ -197,3 +200,21 @@ def test_train_py_trains_a_lazy_config_through_hydra(shapes, tmp_path):
     assert "max_iter: 2" in saved and "num_classes: 3" in saved and "lr: 0.005" in saved
     with pytest.raises(KeyError, match="train.max_itr"):
         load_script("train").run(compose([f"lazy_config={cfg_file}", "+lazy.train.max_itr=2"]))
+
+
+def test_resume_of_a_finished_lazy_run_trains_nothing(shapes, tmp_path):
+    """--resume when last.ckpt already reached train.max_iter: no retraining, model_final.pth untouched, the final
+    evaluation returned; last.ckpt is written at the end although 4 is no multiple of checkpoint_period=3."""
+    out = tmp_path / "out"
+    cfg_file = tmp_path / "my_config.py"
+    cfg_file.write_text(textwrap.dedent(CONFIG).replace("OUT", str(out)))
+    overrides = ["train.max_iter=4", "model.roi_heads.num_classes=3"]
+    script, args = _args(cfg_file, *overrides)
+    script.main(args)
+    assert torch.load(out / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 4
+    final, metrics = (out / "model_final.pth").read_bytes(), (out / "metrics.json").read_bytes()
+
+    script, args = _args(cfg_file, *overrides, resume=True)
+    again = script.main(args)
+    assert set(again["lazy_shapes_val"]) == {"bbox", "segm"}
+    assert (out / "model_final.pth").read_bytes() == final and (out / "metrics.json").read_bytes() == metrics
