@@ -63,13 +63,27 @@ def _take_pending_start() -> int:
     return start or 0
 
 
+_MASK64 = 2**64 - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64's finaliser: a well-spread 64-bit value from any int (neighbouring inputs give unrelated outputs)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 def _seed_rngs(seed: int, position: int) -> None:
-    """Seed python ``random``, numpy and torch from ``(seed, position)`` (mixed by numpy's SeedSequence)."""
+    """Seed python ``random``, numpy and torch from ``(seed, position)``."""
     global _main_process_reseeds
-    words = np.random.SeedSequence([seed % 2**63, position]).generate_state(2, dtype=np.uint32)
-    random.seed(int(words[0]))
-    np.random.seed(int(words[0]))
-    torch.manual_seed((int(words[0]) << 32) | int(words[1]))
+    torch_seed = _mix64(_mix64(seed & _MASK64) ^ position)
+    random.seed(torch_seed)
+    np.random.seed(torch_seed >> 32)
+    # the CPU generator directly: torch.manual_seed also visits every accelerator backend (~100 us a call)
+    torch.default_generator.manual_seed(torch_seed)
+    if torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(torch_seed)
     if torch.utils.data.get_worker_info() is None:
         _main_process_reseeds += 1
 

@@ -536,8 +536,8 @@ class ResumeState(Callback):
     On resume the training sampler (``TrainingSampler``, ``RepeatFactorTrainingSampler``,
     ``RandomSubsetTrainingSampler``) skips the consumed images, and the RNG states come back before the first
     resumed step, unless the sampler reseeded this process while mapping the batch (``num_workers=0``: the state
-    then already follows the data position, as in the uninterrupted run). Evaluation during training runs on a
-    saved-and-restored RNG state, so it never shifts the training stream.
+    then already follows the data position, as in the uninterrupted run). Evaluation during training gives the RNG
+    states back as it found them, so it never shifts the training stream.
 
     Bit-exact when a batch is ``per-rank batch size`` consecutive indices of the sampler stream: always without
     ``dataloader.aspect_ratio_grouping``, and with it when ``num_workers=0`` and all images fall in one aspect
@@ -608,14 +608,19 @@ class ResumeState(Callback):
             self._pending, self._restore_rng_at_step = None, None
         self._consumed += len(batch) if isinstance(batch, (list, tuple)) else 1
 
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn == "fit":
-            self._eval_rng = _rng_states()
+    # Evaluation during fit must not shift the training RNG stream (its loaders draw worker seeds before any
+    # validation hook runs): the state after each training batch comes back when the evaluation ends.
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_rng = _rng_states()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._eval_rng = _rng_states()
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._eval_rng is not None:
+        if trainer.state.fn == "fit" and self._eval_rng is not None:
             _set_rng_states(self._eval_rng)
-            self._eval_rng = None
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.save_last_on_train_end:

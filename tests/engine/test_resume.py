@@ -101,15 +101,23 @@ def test_truncate_metrics_drops_later_and_torn_lines(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- end to end
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
+    differ = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
+    assert not differ, differ
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     workers: int, shapes_root: Path, tmp_path: Path, train_script: ModuleType
 ) -> None:
     """6 iterations in one go vs. SIGKILL after iteration 3 (last checkpoint at 2) + ``resume=true``: every final
-    tensor is equal. With 2 workers, without aspect-ratio grouping (see ``ResumeState``); with 0 workers, with it
-    (all shapes images are square: one aspect group)."""
-    extra = [f"dataloader.num_workers={workers}"] + (["dataloader.aspect_ratio_grouping=false"] if workers else [])
+    tensor is equal. With 0 workers, with aspect-ratio grouping (all shapes images are square: one aspect group);
+    with 2 workers, without it (see ``ResumeState``) and with an evaluation every 2 iterations."""
+    extra = [f"dataloader.num_workers={workers}"]
+    if workers:
+        extra += ["dataloader.aspect_ratio_grouping=false", "datasets.test=[shapes_val]", "solver.eval_period=2"]
     full = tmp_path / "full"
     train_script.run(compose(_run_overrides(shapes_root, *extra, f"paths.output_dir={full}")))
 
@@ -121,14 +129,41 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     killed = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     assert not (killed_dir / "checkpoints" / "model_final.pth").exists()
-    assert _iterations(killed_dir) == [0, 1, 2]
+    assert _iterations(killed_dir) == [0, 1, 2]  # (with evaluation: the line at 2 holds the evaluation)
 
     train_script.run(compose(_run_overrides(shapes_root, *extra, f"paths.output_dir={killed_dir}", "resume=true")))
-    a, b = _weights(full), _weights(killed_dir)
-    assert set(a) == set(b)
-    differ = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
-    assert not differ, differ
-    assert _iterations(full) == _iterations(killed_dir) == [0, 1, 2, 3, 4, 5]
+    _assert_same_weights(_weights(full), _weights(killed_dir))
+    # one line per iteration (+ the evaluation after the last one)
+    expected = [0, 1, 2, 3, 4, 5, 6] if workers else [0, 1, 2, 3, 4, 5]
+    assert _iterations(full) == _iterations(killed_dir) == expected
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_exact_on_two_ddp_ranks(shapes_root: Path, tmp_path: Path) -> None:
+    """The same on 2 CPU processes (trainer=ddp, 2 images per rank): each rank's sampler position and RNG states
+    come back (the checkpoint holds both ranks')."""
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "dataloader.ims_per_batch=4"]
+    script = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *_run_overrides(shapes_root, *ddp)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(script + list(args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=400,
+                              env=env)
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = run(f"hydra.run.dir={full}")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    kill = run(f"hydra.run.dir={killed}", "+callbacks.kill._target_=tests.engine._kill.KillAtStep",
+               "+callbacks.kill.step=3")
+    assert kill.returncode == 17, (kill.stdout + kill.stderr)[-3000:]
+    state = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ranks = state["callbacks"]["ResumeState"]["ranks"]
+    assert [r["consumed"] for r in ranks] == [4, 4]  # 2 iterations x 2 images, per rank
+    assert not torch.equal(ranks[0]["rng"]["torch"], ranks[1]["rng"]["torch"])
+    resumed = run(f"hydra.run.dir={killed}", "resume=true")
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    _assert_same_weights(_weights(full), _weights(killed))
+    assert _iterations(killed) == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow
