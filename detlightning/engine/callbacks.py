@@ -177,11 +177,11 @@ class MetricsWriter(Callback):
         max_iter = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         self._printer = CommonMetricPrinter(max_iter, window_size=self.window_size)
 
-    def _write(self, trainer: Trainer, pl_module: LightningModule, print_line: bool) -> None:
+    def _write(self, trainer: Trainer, pl_module: LightningModule, print_line: bool, late: bool = False) -> None:
         if self._json is None:
             return
         with _storage(pl_module) as storage:
-            self._json.write()
+            self._json.write_late() if late else self._json.write()
             if print_line and self.print_metrics and self._printer is not None and storage.histories():
                 self._printer.write()
             _send_images(trainer, storage)
@@ -208,8 +208,9 @@ class MetricsWriter(Callback):
         self._json._last_write = max(last, trainer.global_step - 1)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # the evaluation is recorded at the iteration it followed, whose training line may be written already
         if not trainer.sanity_checking:
-            self._write(trainer, pl_module, print_line=False)
+            self._write(trainer, pl_module, print_line=False, late=True)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._write(trainer, pl_module, print_line=False)
@@ -222,14 +223,10 @@ class MetricsWriter(Callback):
             self._json = None
 
 
-def _is_training_line(record: dict[str, Any]) -> bool:
-    return any(k == "total_loss" or k.startswith("loss") for k in record)
-
-
 def _truncate_metrics(path: str, next_iter: int) -> tuple[int, int]:
     """Rewrite the JSON-lines file ``path`` without the lines of the iterations a resumed run redoes (``iteration``
-    > ``next_iter``, or == ``next_iter`` with training losses; the evaluation after ``next_iter`` iterations is not
-    redone and stays) and without lines torn by a kill, atomically (a temporary file in the same folder, fsync,
+    >= ``next_iter``, 0-based; an evaluation after ``next_iter`` iterations is recorded at ``next_iter - 1`` and
+    stays) and without lines torn by a kill, atomically (a temporary file in the same folder, fsync,
     rename). Returns (lines dropped, the last iteration kept or -1)."""
     if not os.path.isfile(path):
         return 0, -1
@@ -243,7 +240,7 @@ def _truncate_metrics(path: str, next_iter: int) -> tuple[int, int]:
             it = record["iteration"]
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line torn by the kill
-        if isinstance(it, int) and (it > next_iter or it == next_iter and _is_training_line(record)):
+        if isinstance(it, int) and it >= next_iter:  # iterations next_iter, next_iter + 1, ... are redone
             continue
         kept.append(line if line.endswith("\n") else line + "\n")
         last = max(last, it) if isinstance(it, int) else last

@@ -193,7 +193,9 @@ class DetectionModule(DefaultBuilders, LightningModule):
             # identical on every rank (broadcast above): syncing only averages equal values
             self.log_dict(flat, on_step=False, on_epoch=True, sync_dist=self.trainer.world_size > 1, batch_size=1)
             for key, value in flat.items():
-                self.storage.put_scalar(key, value, smoothing_hint=False, cur_iter=self.global_step)
+                # at the iteration just finished (0-based), as detectron2's EvalHook does (metrics.json gets them on
+                # a line of that iteration) rather than at the next iteration, whose training line they would hide
+                self.storage.put_scalar(key, value, smoothing_hint=False, cur_iter=max(self.global_step - 1, 0))
         self.last_results = results
         self.last_eval_step = self.global_step
 

@@ -302,16 +302,30 @@ class JSONWriter(EventWriter):
         self._file_handle = PathManager.open(json_file, "a")
         self._window_size = window_size
         self._last_write = -1
+        self._keys_at_last_write: set[str] = set()
 
     def write(self) -> None:
+        self._write(late=False)
+
+    def write_late(self) -> None:
+        """:meth:`write`, plus the scalars put at the last written iteration after its line went out (an
+        evaluation run after that iteration), on a line of their own."""
+        self._write(late=True)
+
+    def _write(self, late: bool) -> None:
         storage = get_event_storage()
         to_save: defaultdict[int, dict[str, Any]] = defaultdict(dict)
         for k, (v, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
-            if itr <= self._last_write:  # already written
+            written = itr < self._last_write or itr == self._last_write and (not late or k in self._keys_at_last_write)
+            if written:
                 continue
             to_save[itr][k] = v
         if to_save:
-            self._last_write = max(to_save)
+            newest = max(to_save)
+            if newest > self._last_write:
+                self._last_write, self._keys_at_last_write = newest, set(to_save[newest])
+            else:
+                self._keys_at_last_write |= set(to_save[newest])
         for itr in sorted(to_save):
             scalars = to_save[itr]
             scalars["iteration"] = itr

@@ -25,8 +25,10 @@ from .conftest import REPO_ROOT, tiny_overrides
 
 
 def _iterations(out: Path) -> list[int]:
+    """The iterations of metrics.json's training lines (an evaluation has a line of its own at the iteration it
+    followed)."""
     with open(out / "metrics.json") as f:
-        return [json.loads(line)["iteration"] for line in f]
+        return [r["iteration"] for r in map(json.loads, f) if "total_loss" in r]
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -91,12 +93,13 @@ def test_pending_start_goes_to_the_next_sampler_only() -> None:
 # ------------------------------------------------------------------------------------------------ metrics
 def test_truncate_metrics_drops_later_and_torn_lines(tmp_path: Path) -> None:
     path = tmp_path / "metrics.json"
-    lines = [{"iteration": i, "total_loss": i / 10} for i in range(5)] + [{"iteration": 3, "bbox/AP": 1.5}]
+    lines = [{"iteration": i, "total_loss": i / 10} for i in range(5)] + [{"iteration": 2, "bbox/AP": 1.5}]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"iterat')
-    # iterations 3 (training) and 4 and the torn line go; the evaluation after 3 iterations stays
-    assert _truncate_metrics(str(path), 3) == (3, 3)
+    # resuming after 3 iterations: iterations 3 and 4 and the torn line go; the evaluation after 3 iterations
+    # (recorded at iteration 2) stays
+    assert _truncate_metrics(str(path), 3) == (3, 2)
     assert [json.loads(x) for x in path.read_text().splitlines()] == lines[:3] + lines[5:]
-    assert _truncate_metrics(str(path), 3) == (0, 3)
+    assert _truncate_metrics(str(path), 3) == (0, 2)
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
 
 
@@ -129,12 +132,12 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(
     killed = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert killed.returncode == -signal.SIGKILL, (killed.stdout + killed.stderr)[-3000:]
     assert not (killed_dir / "checkpoints" / "model_final.pth").exists()
-    assert _iterations(killed_dir) == [0, 1, 2]  # (with evaluation: the line at 2 holds the evaluation)
+    assert _iterations(killed_dir) == [0, 1, 2]
 
     train_script.run(compose(_run_overrides(shapes_root, *extra, f"paths.output_dir={killed_dir}", "resume=true")))
     _assert_same_weights(_weights(full), _weights(killed_dir))
-    # one line per iteration (+ the evaluation after the last one)
-    expected = [0, 1, 2, 3, 4, 5, 6] if workers else [0, 1, 2, 3, 4, 5]
+    # one training line per iteration, none repeated (evaluations have lines of their own)
+    expected = [0, 1, 2, 3, 4, 5]
     assert _iterations(full) == _iterations(killed_dir) == expected
 
 
@@ -196,6 +199,8 @@ def test_resume_of_a_finished_run_trains_nothing_unless_max_iter_grows(
     # a raised max_iter continues from iteration 3
     train_script.run(compose(base + ["resume=true", "solver.max_iter=4"]))
     assert torch.load(ckpts / "model_final.pth", weights_only=True)["iteration"] == 3
-    # the evaluation line after 3 iterations stays; then one line per iteration (training line 3 yields to the
-    # evaluation at 3, as in an uninterrupted run) and the evaluation after 4
-    assert _iterations(out) == [0, 1, 2, 3, 4]
+    # one training line per iteration; the evaluations after 3 and 4 iterations are recorded at 2 and 3
+    assert _iterations(out) == [0, 1, 2, 3]
+    records = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    evaluations = [r["iteration"] for r in records if "bbox/AP" in r]
+    assert evaluations == [2, 3]
