@@ -89,21 +89,9 @@ class COCOEvaluator(DatasetEvaluator):
                 raise ValueError(f"max_dets_per_image must be a positive int, got {max_dets_per_image!r}")
             self._max_dets_per_image = [1, 10, int(max_dets_per_image)]
 
-        if tasks is not None and (isinstance(tasks, Mapping) or not isinstance(tasks, Iterable)):
-            # d2-parity: COCOEvaluator(name, cfg, ...) is the deprecated call; tasks are then inferred
-            self._logger.warning("COCOEvaluator instantiated with a config; this is deprecated. "
-                                 "Pass tasks / kpt_oks_sigmas explicitly instead.")
-            if not kpt_oks_sigmas:
-                kpt_oks_sigmas = _sigmas_from_cfg(tasks)
-            tasks = None
-        if isinstance(tasks, str):
-            tasks = (tasks,)
-        if tasks is not None:
-            tasks = tuple(tasks)
-            unknown = [t for t in tasks if t not in _TASKS]
-            if unknown:
-                raise ValueError(f"COCOEvaluator: unknown tasks {unknown}; expected a subset of {_TASKS}")
-        self._tasks: tuple[str, ...] | None = tasks
+        if is_config_argument(tasks) and not kpt_oks_sigmas:
+            kpt_oks_sigmas = _sigmas_from_cfg(tasks)
+        self._tasks = parse_tasks(tasks, "COCOEvaluator", _TASKS, self._logger, "tasks / kpt_oks_sigmas")
 
         self._cpu_device = torch.device("cpu")
         self._metadata = MetadataCatalog.get(dataset_name)
@@ -188,14 +176,7 @@ class COCOEvaluator(DatasetEvaluator):
         return [pred for rank_preds in per_rank for pred in rank_preds]
 
     def _save_output(self, file_name: str, write: Callable[[Any], Any], binary: bool = True) -> None:
-        """``write(f)`` into ``output_dir/file_name`` (created as needed); nothing without an output_dir."""
-        if not self._output_dir:
-            return
-        PathManager.mkdirs(self._output_dir)
-        path = os.path.join(self._output_dir, file_name)
-        self._logger.info("Saving results to %s", path)
-        with PathManager.open(path, "wb" if binary else "w") as f:
-            write(f)
+        save_output(self._output_dir, file_name, write, self._logger, binary)
 
     def _tasks_from_predictions(self, predictions: list[dict[str, Any]]) -> list[str]:
         """The COCO iou types the COCO-format ``predictions`` support (always "bbox")."""
@@ -376,6 +357,41 @@ def instances_to_coco_json(instances: Instances, img_id: int) -> list[dict[str, 
             result["keypoints"] = keypoints[k]
         results.append(result)
     return results
+
+
+def is_config_argument(tasks: Any) -> bool:
+    """Whether a ``tasks`` argument is in fact a config (detectron2's deprecated ``Evaluator(name, cfg, ...)``)."""
+    return tasks is not None and (isinstance(tasks, Mapping) or not isinstance(tasks, Iterable))
+
+
+def parse_tasks(
+    tasks: Any, owner: str, known: Sequence[str], log: logging.Logger, hint: str = "tasks"
+) -> tuple[str, ...] | None:
+    """An evaluator's ``tasks`` argument as a tuple (``None``: infer them from the predictions); a config in its
+    place (the deprecated call) is warned about and means ``None``; unknown tasks are an error."""
+    if is_config_argument(tasks):
+        log.warning("%s instantiated with a config; this is deprecated. Pass %s explicitly instead.", owner, hint)
+        return None
+    if tasks is None:
+        return None
+    tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"{owner}: unknown tasks {unknown}; expected a subset of {tuple(known)}")
+    return tasks
+
+
+def save_output(
+    output_dir: str | None, file_name: str, write: Callable[[Any], Any], log: logging.Logger, binary: bool = True
+) -> None:
+    """``write(f)`` into ``output_dir/file_name`` (created as needed); nothing without an output_dir."""
+    if not output_dir:
+        return
+    PathManager.mkdirs(output_dir)
+    path = os.path.join(output_dir, file_name)
+    log.info("Saving results to %s", path)
+    with PathManager.open(path, "wb" if binary else "w") as f:
+        write(f)
 
 
 def box_proposal_results(

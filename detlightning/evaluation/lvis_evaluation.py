@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ from ..data.catalog import MetadataCatalog
 from ..utils import comm
 from ..utils.file_io import PathManager
 from ..utils.logger import create_small_table
-from .coco_evaluation import box_proposal_results, instances_to_coco_json
+from .coco_evaluation import box_proposal_results, instances_to_coco_json, parse_tasks, save_output
 from .evaluator import DatasetEvaluator
 
 __all__ = ["LVISEvaluator"]
@@ -112,19 +112,7 @@ class LVISEvaluator(DatasetEvaluator):
         max_dets_per_image: int | None = None,
     ) -> None:
         self._logger = logging.getLogger(__name__)
-        if tasks is not None and (isinstance(tasks, Mapping) or not isinstance(tasks, Iterable)):
-            # d2-parity: LVISEvaluator(name, cfg, ...) is the deprecated call; tasks are then inferred
-            self._logger.warning("LVISEvaluator instantiated with a config; this is deprecated. "
-                                 "Pass tasks explicitly instead.")
-            tasks = None
-        if isinstance(tasks, str):
-            tasks = (tasks,)
-        if tasks is not None:
-            tasks = tuple(tasks)
-            unknown = [t for t in tasks if t not in _TASKS]
-            if unknown:
-                raise ValueError(f"LVISEvaluator: unknown tasks {unknown}; expected a subset of {_TASKS}")
-        self._tasks: tuple[str, ...] | None = tasks
+        self._tasks = parse_tasks(tasks, "LVISEvaluator", _TASKS, self._logger)
         if max_dets_per_image is not None and int(max_dets_per_image) < 1:
             raise ValueError(f"max_dets_per_image must be a positive int, got {max_dets_per_image!r}")
         self._max_dets_per_image = _LVIS_MAX_DETS if max_dets_per_image is None else int(max_dets_per_image)
@@ -183,13 +171,7 @@ class LVISEvaluator(DatasetEvaluator):
         return copy.deepcopy(self._results)
 
     def _save_output(self, file_name: str, write: Callable[[Any], Any], binary: bool = True) -> None:
-        if not self._output_dir:
-            return
-        PathManager.mkdirs(self._output_dir)
-        path = os.path.join(self._output_dir, file_name)
-        self._logger.info("Saving results to %s", path)
-        with PathManager.open(path, "wb" if binary else "w") as f:
-            write(f)
+        save_output(self._output_dir, file_name, write, self._logger, binary)
 
     def _eval_predictions(self, predictions: list[dict[str, Any]]) -> None:
         self._logger.info("Preparing results in the LVIS format ...")
