@@ -35,7 +35,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, SCMode
 from ..utils.registry import locate
 from .instantiate import TARGET_KEY, target_to_string
 
-__all__ = ["LazyConfig", "apply_updates"]
+__all__ = ["LazyConfig", "apply_updates", "to_yaml"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,12 +175,8 @@ class LazyConfig:
         (``filename + ".pkl"``), and a warning says which.
         """
         path = Path(filename)
-        container = _to_savable(cfg)
         try:
-            text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None, width=9999)
-            reloaded = yaml.safe_load(text)
-            if reloaded != container:
-                raise ValueError("the yaml form does not reload to the same config")
+            text = to_yaml(cfg)
         except Exception as e:
             fallback = Path(f"{path}.pkl")
             logger.warning("Config cannot be saved as yaml (%s); pickling it to %s instead", e, fallback)
@@ -227,6 +223,16 @@ class LazyConfig:
         body = [f"{prefix}{key} = {_py_expr(value, modules)}" for key, value in cfg.items_ex(resolve=False)]
         header = ["from detlightning.config import LazyCall as L"] + [f"import {m}" for m in sorted(modules)]
         return "\n".join(header + [""] + body) + "\n"
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The yaml text :meth:`LazyConfig.save` writes (callables as import paths); raises when yaml cannot hold the
+    config (objects, lambdas)."""
+    container = _to_savable(cfg)
+    text = yaml.safe_dump(container, sort_keys=False, default_flow_style=None, width=9999)
+    if yaml.safe_load(text) != container:
+        raise ValueError("the yaml form does not reload to the same config")
+    return text
 
 
 def apply_updates(cfg: DictConfig, updates: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ and ``train`` (``output_dir``, ``init_checkpoint``, ``max_iter``, ``amp.enabled`
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 from lightning.pytorch import LightningModule
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import LazyConfig, instantiate
+from ..config import instantiate
 from ..data.class_check import check_classes_fit_model, train_dataset_names
 from ..solver import LRMultiplier
 from .module import DetectionModule
@@ -101,15 +100,12 @@ class LazyDetectionModule(DetectionModule):
 
 def _config_text(cfg: DictConfig) -> str:
     """The yaml form of a lazy config (callables by import path); a placeholder when it holds unsaveable values."""
-    import tempfile
+    from ..config.lazy import to_yaml
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "config.yaml")
-        LazyConfig.save(cfg, path)
-        if os.path.isfile(path):
-            with open(path) as f:
-                return f.read()
-    return "# this lazy config holds values yaml cannot represent\n"
+    try:
+        return to_yaml(cfg)
+    except Exception:  # objects or lambdas in the config: the checkpoint still holds the weights
+        return "# this lazy config holds values yaml cannot represent\n"
 
 
 def _accelerator(cfg: DictConfig) -> str:
