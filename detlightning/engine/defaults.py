@@ -263,6 +263,10 @@ def evaluate(cfg: DictConfig, module_cls: type[DetectionModule] = DetectionModul
     datamodule = (datamodule_cls or DetectionDataModule)(cfg)
     module = module_cls(cfg)
     module.load_weights(cfg.model.weights)
+    if OmegaConf.select(cfg, "model.compile", default=False):
+        from ..modeling.fast_inference import compile_for_inference
+
+        compile_for_inference(module.model.eval())
     trainer = build_trainer(cfg, **trainer_overrides)
     trainer.test(module, datamodule=datamodule)
     results = _final_results(module, trainer)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ..evaluation.testing import flatten_results_dict
+from ..modeling.fast_inference import set_inference_precision
 from ..solver import clip_gradients, clips_gradients
 from ..utils.events import EventStorage, check_losses_finite
 from .builders import DefaultBuilders
@@ -58,6 +59,8 @@ class DetectionModule(DefaultBuilders, LightningModule):
         self.cfg: DictConfig = OmegaConf.create(plain)
         OmegaConf.set_struct(self.cfg, True)
         self._init_state(self.build_model(self.cfg))
+        # test.precision: validation / test run the dense parts in bf16 or fp16 (training steps are not affected)
+        set_inference_precision(self.model, OmegaConf.select(self.cfg, "test.precision", default=None) or "fp32")
 
     def _init_state(self, model: nn.Module) -> None:
         """The model and the run state every module variant keeps (storage, evaluators, last results)."""

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..modeling.fast_inference import compile_for_inference, set_inference_precision
+
 __all__ = ["DefaultPredictor"]
 
 
@@ -26,7 +28,7 @@ class DefaultPredictor:
 
     def __init__(self, cfg: Any):
         from ..checkpoint import DetectionCheckpointer
-        from ..config.reader import cfg_view
+        from ..config.reader import cfg_get, cfg_view
         from ..data import MetadataCatalog
         from ..data.transforms import ResizeShortestEdge
         from ..modeling.meta_arch.build import build_model
@@ -45,6 +47,11 @@ class DefaultPredictor:
         self.input_format = view.input.format
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"DefaultPredictor supports input.format RGB or BGR, got {self.input_format!r}")
+        # the opt-in fast path (CfgNode: cfg.TEST.PRECISION / cfg.MODEL.COMPILE, set by hand: not detectron2 keys)
+        self.precision = str(cfg_get(self.cfg, "test.precision", "fp32") or "fp32")
+        set_inference_precision(self.model, self.precision)
+        if cfg_get(self.cfg, "model.compile", False):
+            compile_for_inference(self.model)
 
     def __call__(self, original_image: np.ndarray) -> dict[str, Any]:
         self._check_image(original_image)

@@ -5,6 +5,7 @@ from .blocks import CNNBlockBase, DepthwiseSeparableConv2d
 from .deform_conv import DeformConv, ModulatedDeformConv
 from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, sigmoid_focal_loss_jit, smooth_l1_loss
 from .mask_ops import paste_masks_in_image
+from .memory_format import cpu_channels_last, nchw_for_pooling
 from .nms import batched_nms, nms
 from .roi_align import ROIAlign, ROIPool
 from .shape_spec import ShapeSpec

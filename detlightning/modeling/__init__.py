@@ -26,6 +26,7 @@ from .backbone import (
 )
 from .backbone.vit import get_vit_lr_decay_rate
 from .box_regression import Box2BoxTransform, Box2BoxTransformLinear
+from .fast_inference import compile_for_inference, set_inference_precision
 from .matcher import Matcher
 from .meta_arch.build import build_model
 from .meta_arch.fcos import FCOS

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..layers import ROIAlign, ROIPool, cat, nonzero_tuple, shapes_to_tensor
+from ..layers.roi_align import can_pool_in_threads, pool_rois_in_threads
 from ..layers.wrappers import is_exporting
 from ..structures import Boxes
 
@@ -117,6 +118,31 @@ class ROIPooler(nn.Module):
         self.canonical_level = canonical_level
         self.canonical_box_size = canonical_box_size
 
+    @torch.jit.unused
+    def _all_levels_in_threads(self, x: list[torch.Tensor], num_boxes: int) -> bool:
+        """All levels pooled by ROIAlign, on the CPU, in inference: one pass over the thread pool for the whole
+        pyramid, each piece written straight into its rows of the output."""
+        return (
+            all(type(p) is ROIAlign for p in self.level_poolers)
+            and all(not t.is_quantized for t in x)
+            and can_pool_in_threads(x[0], num_boxes)
+            and not any(t.requires_grad for t in x)
+        )
+
+    @torch.jit.unused
+    def _forward_in_threads(
+        self, x: list[torch.Tensor], pooler_fmt_boxes: torch.Tensor, level_assignments: torch.Tensor
+    ) -> torch.Tensor:
+        # every box has a level, so every row of the output is written
+        output = x[0].new_empty((pooler_fmt_boxes.shape[0], x[0].shape[1], *self.output_size))
+        jobs = []
+        for level, pooler in enumerate(self.level_poolers):
+            inds = nonzero_tuple(level_assignments == level)[0]
+            if inds.numel():
+                jobs.append((pooler, x[level], pooler_fmt_boxes[inds].to(x[level].dtype), inds))
+        pool_rois_in_threads(output, jobs)
+        return output
+
     def forward(self, x: list[torch.Tensor], box_lists: list[Boxes]) -> torch.Tensor:
         """
         Args:
@@ -152,6 +178,9 @@ class ROIPooler(nn.Module):
         level_assignments = assign_boxes_to_levels(
             box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
         )
+        if not torch.jit.is_scripting():
+            if self._all_levels_in_threads(x, pooler_fmt_boxes.shape[0]):
+                return self._forward_in_threads(x, pooler_fmt_boxes, level_assignments)
         output = x[0].new_zeros((pooler_fmt_boxes.shape[0], num_channels, self.output_size[0], self.output_size[1]))
         # One pooling call per level over all images' boxes.
         for level, pooler in enumerate(self.level_poolers):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
+from detlightning.evaluation.compare import greedy_box_match
 from tests.conftest import COMPAT_DIR
 
 # compat architecture -> our config overrides (the equivalent of its detectron2 model-zoo yaml)
@@ -138,22 +138,8 @@ def greedy_match(
     iou_thresh: float = 0.99,
 ) -> Match:
     """Match each reference box, in reference order, to the unused box of the same class with the highest IoU
-    above ``iou_thresh``."""
-    if len(ref_boxes) == 0 or len(our_boxes) == 0:
-        return Match([], [], len(ref_boxes))
-    iou = box_iou(ref_boxes.double(), our_boxes.double())
-    if ref_classes is not None:
-        iou[ref_classes[:, None] != our_classes[None, :]] = -1
-    used = torch.zeros(len(our_boxes), dtype=torch.bool)
-    ref_idx, our_idx = [], []
-    for i in range(len(ref_boxes)):
-        row = iou[i].clone()
-        row[used] = -1
-        j = int(row.argmax())
-        if row[j] > iou_thresh:
-            used[j] = True
-            ref_idx.append(i)
-            our_idx.append(j)
+    above ``iou_thresh`` (``detlightning.evaluation.compare.greedy_box_match``)."""
+    ref_idx, our_idx = greedy_box_match(ref_boxes, our_boxes, ref_classes, our_classes, iou_thresh)
     return Match(ref_idx, our_idx, len(ref_boxes))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from ...layers import CNNBlockBase, Conv2d, ShapeSpec, cpu_channels_last, get_norm
 from .backbone import Backbone
 
 __all__ = [
@@ -328,7 +328,7 @@ class AnyNet(Backbone):
             raise ValueError(f"AnyNet takes (N, C, H, W) input, got shape {tuple(x.shape)}")
         wanted = self._out_features
         outputs = {}
-        x = self.stem(x)
+        x = self.stem(cpu_channels_last(x))  # the stages (and an FPN on top) then run in oneDNN's native layout
         if "stem" in wanted:
             outputs["stem"] = x
         for stage, name in self.stages_and_names:

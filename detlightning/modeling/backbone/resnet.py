@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config.reader import cfg_view
-from ...layers import CNNBlockBase, Conv2d, DeformConv, ModulatedDeformConv, ShapeSpec, get_norm
+from ...layers import CNNBlockBase, Conv2d, DeformConv, ModulatedDeformConv, ShapeSpec, cpu_channels_last, get_norm
 from ...layers.weight_init import c2_msra_fill, c2_xavier_fill  # noqa: F401  (c2_xavier_fill: old import path)
 from ..registry import BACKBONE_REGISTRY
 from .backbone import Backbone
@@ -326,6 +326,7 @@ class ResNet(Backbone):
             raise ValueError(f"ResNet takes an input of shape (N, C, H, W), got {tuple(x.shape)}")
         wanted = self._out_features
         outputs: dict[str, torch.Tensor] = {}
+        x = cpu_channels_last(x)  # the stages (and an FPN on top) then run in oneDNN's native layout
         for name, module in (("stem", self.stem), *zip(self.stage_names, self.stages)):
             x = module(x)
             if name in wanted:

@@ -10,7 +10,7 @@ from torch.autograd.function import Function
 
 from ...config import configurable
 from ...config.reader import cfg_view
-from ...layers import ShapeSpec
+from ...layers import ShapeSpec, nchw_for_pooling
 from ...structures import Boxes, Instances, pairwise_iou
 from ...utils.events import get_event_storage
 from ..box_regression import Box2BoxTransform
@@ -151,6 +151,7 @@ class CascadeROIHeads(StandardROIHeads):
         """See :meth:`StandardROIHeads.forward`; training losses are per stage (``loss_cls_stage0``, ...)."""
         del images
         proposals = self._training_proposals(proposals, targets)
+        features = nchw_for_pooling(features, self._pooled_features())
         if not self.training:
             return self.forward_with_given_boxes(features, self._forward_box(features, proposals)), {}
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ...config import configurable
 from ...config.reader import cfg_view
-from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, interpolate
+from ...layers import Conv2d, ConvTranspose2d, ShapeSpec, cat, cpu_channels_last, interpolate
 from ...structures import Instances, heatmaps_to_keypoints
 from ...utils.events import get_event_storage
 from ..build import build_component
@@ -72,7 +72,7 @@ def keypoint_rcnn_loss(
         return pred_keypoint_logits.sum() * 0
 
     n, k, h, w = pred_keypoint_logits.shape
-    logits = pred_keypoint_logits.view(n * k, h * w)
+    logits = pred_keypoint_logits.reshape(n * k, h * w)
     keypoint_loss = F.cross_entropy(logits[valid_inds], keypoint_targets[valid_inds], reduction="sum")
     if normalizer is None:
         normalizer = valid_inds.numel()
@@ -187,6 +187,7 @@ class KRCNNConvDeconvUpsampleHead(BaseKeypointRCNNHead, nn.Sequential):
         return ret
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
+        x = cpu_channels_last(x)  # ROIAlign returns NCHW; the convs run faster in channels-last on the CPU
         for layer in self:
             x = layer(x)
         return interpolate(x, scale_factor=self.up_scale, mode="bilinear", align_corners=False)

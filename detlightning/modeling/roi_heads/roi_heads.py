@@ -14,7 +14,7 @@ from torch import nn
 
 from ...config import configurable
 from ...config.reader import cfg_view
-from ...layers import ShapeSpec, nonzero_tuple
+from ...layers import ShapeSpec, nchw_for_pooling, nonzero_tuple
 from ...structures import Boxes, ImageList, Instances, pairwise_iou
 from ...utils.events import get_event_storage
 from ..backbone.resnet import BottleneckBlock, ResNet
@@ -529,6 +529,7 @@ class StandardROIHeads(ROIHeads):
         del images
         proposals = self._training_proposals(proposals, targets)
         del targets
+        features = nchw_for_pooling(features, self._pooled_features())
         if not self.training:
             # masks and keypoints are computed for the final detections only
             return self.forward_with_given_boxes(features, self._forward_box(features, proposals)), {}
@@ -553,6 +554,15 @@ class StandardROIHeads(ROIHeads):
         instances = self._forward_mask(features, instances)
         instances = self._forward_keypoint(features, instances)
         return instances
+
+    def _pooled_features(self) -> list[str]:
+        """The feature maps this head's ROI poolers read."""
+        names = list(self.box_in_features)
+        if self.mask_on and self.mask_pooler is not None:
+            names += self.mask_in_features
+        if self.keypoint_on and self.keypoint_pooler is not None:
+            names += self.keypoint_in_features
+        return names
 
     def _forward_box(self, features: dict[str, torch.Tensor], proposals: list[Instances]):
         """Box branch. Training: the box losses (and, with ``train_on_pred_boxes``, ``proposal_boxes`` replaced by
