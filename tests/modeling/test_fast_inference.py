@@ -110,3 +110,14 @@ def test_config_keys_reach_default_predictor():
         DefaultPredictor(compose([*TINY, "test.precision=fp8"]))
     with pytest.raises(Exception, match="model.compile"):
         compose([*TINY, "model.compile=maybe"])
+
+
+def test_detectron2_cfgnode_spelling():
+    from detlightning.config import get_cfg
+    from detlightning.config.reader import cfg_get
+
+    cfg = get_cfg()
+    assert cfg_get(cfg, "test.precision", None) == "fp32" and cfg_get(cfg, "model.compile", None) is False
+    cfg.TEST.PRECISION = "bf16"  # not detectron2 keys: a CfgNode user sets them by hand
+    cfg.MODEL.COMPILE = True
+    assert cfg_get(cfg, "test.precision", None) == "bf16" and cfg_get(cfg, "model.compile", None) is True
