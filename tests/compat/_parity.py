@@ -130,17 +130,10 @@ class Match:
         return len(self.ref_idx) / max(self.num_ref, 1)
 
 
-def greedy_match(
-    ref_boxes: torch.Tensor,
-    our_boxes: torch.Tensor,
-    ref_classes: torch.Tensor | None = None,
-    our_classes: torch.Tensor | None = None,
-    iou_thresh: float = 0.99,
-) -> Match:
-    """Match each reference box, in reference order, to the unused box of the same class with the highest IoU
-    above ``iou_thresh`` (``detlightning.evaluation.compare.greedy_box_match``)."""
-    ref_idx, our_idx = greedy_box_match(ref_boxes, our_boxes, ref_classes, our_classes, iou_thresh)
-    return Match(ref_idx, our_idx, len(ref_boxes))
+def greedy_match(ref_boxes: torch.Tensor, our_boxes: torch.Tensor, *classes: torch.Tensor) -> Match:
+    """``detlightning.evaluation.compare.greedy_box_match`` (IoU > 0.99; same class when ``classes`` gives the
+    reference's and ours) as a :class:`Match`."""
+    return Match(*greedy_box_match(ref_boxes, our_boxes, *classes), len(ref_boxes))
 
 
 def decode_rle_masks(rles: list[dict]) -> np.ndarray:
