@@ -19,7 +19,9 @@ class DefaultPredictor:
     Args:
         cfg: the config; ``model.weights`` (detectron2 ``.pth``/``.pkl`` or Lightning ``.ckpt``) is loaded;
             images are resized to ``input.min_size_test`` (max side ``input.max_size_test``); ``input.format``
-            ("BGR" or "RGB") is the channel order the *model* expects.
+            ("BGR" or "RGB") is the channel order the *model* expects; the opt-in fast path ``test.precision``
+            (``bf16``/``fp16``: the dense parts under autocast) and ``model.compile`` (``torch.compile``) apply
+            (README "Speed").
 
     ``__call__(original_image: np.ndarray (H, W, 3) uint8, BGR as OpenCV reads it) -> dict`` (``{"instances":
     ...}``, ``"sem_seg"``, ``"panoptic_seg"`` as the model returns them, in the original image's coordinates).
