@@ -227,15 +227,16 @@ def _traceable_len(obj: Any) -> Any:
 
 
 @contextlib.contextmanager
-def patch_builtin_len(modules: tuple[str, ...] | list[str] = ()) -> Iterator[None]:
-    """Within the block, ``len(x)`` in the ROI-head modules (and ``modules``) calls ``x.__len__()`` directly, which
-    returns a traced tensor for tensors, ``Boxes`` and ``Instances`` while tracing instead of a baked Python int.
+def patch_builtin_len(modules: tuple[str, ...] | list[str] = (), *, roi_heads: bool = True) -> Iterator[None]:
+    """Within the block, ``len(x)`` in the ROI-head modules (``roi_heads=False``: not those) and ``modules`` calls
+    ``x.__len__()`` directly, which returns a traced tensor for tensors, ``Boxes`` and ``Instances`` while tracing
+    instead of a baked Python int.
 
     The patch shadows the builtin with a module global and is removed on exit (not thread-safe, like any such
     patch: do not run other inference in those modules concurrently while tracing)."""
     patched = []
     try:
-        for name in (*_LEN_PATCHED_MODULES, *modules):
+        for name in (*(_LEN_PATCHED_MODULES if roi_heads else ()), *modules):
             module = importlib.import_module(name)
             if "len" in vars(module):
                 raise RuntimeError(f"patch_builtin_len: module {name} already defines 'len'")

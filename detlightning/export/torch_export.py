@@ -9,10 +9,9 @@ the image size is fixed (see :func:`export_model`).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from .adapters import METADATA_KEY, ExportedDetector, export_metadata, tracing_inference_func, tracing_inputs
-from .flatten import TracingAdapter, _traceable_len
+from .flatten import TracingAdapter, patch_builtin_len
 
 __all__ = ["ExportedProgramDetector", "export_model", "load_exported_model"]
 
@@ -30,18 +29,9 @@ _EXTRA_FILE = f"{METADATA_KEY}.json"
 _EXPORT_LEN_MODULES = ("detlightning.structures.instances",)
 
 
-@contextlib.contextmanager
-def _sizes_stay_symbolic() -> Iterator[None]:
-    patched = []
-    try:
-        for name in _EXPORT_LEN_MODULES:
-            module = importlib.import_module(name)
-            module.len = _traceable_len  # type: ignore[attr-defined]
-            patched.append(module)
-        yield
-    finally:
-        for module in patched:
-            del module.len
+def _sizes_stay_symbolic() -> contextlib.AbstractContextManager:
+    """``len()`` in :data:`_EXPORT_LEN_MODULES` keeps sizes symbolic (TracingAdapter patches the ROI heads itself)."""
+    return patch_builtin_len(_EXPORT_LEN_MODULES, roi_heads=False)
 
 
 def _model_device(model: nn.Module) -> torch.device:
