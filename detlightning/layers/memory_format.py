@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .wrappers import check_if_dynamo_compiling, is_exporting
+
 __all__ = ["cpu_channels_last", "nchw_contiguous", "nchw_for_pooling", "is_plain_eager"]
 
 
@@ -20,10 +22,7 @@ def is_plain_eager() -> bool:
     blocked NCHW copy and the threaded ROIAlign are eager-mode optimisations that those tracers need not see."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
-    if torch.compiler.is_compiling():
-        return False
-    is_exporting = getattr(torch.compiler, "is_exporting", None)
-    return not (is_exporting is not None and is_exporting())
+    return not (check_if_dynamo_compiling() or is_exporting())
 
 
 def cpu_channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -72,22 +72,13 @@ def test_color_formatter_abbreviates_root_name():
     assert "dl.modeling.rpn|careful" in out and "WARNING" in out and "\x1b[" in out
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture
-def captured():
+def captured(list_handler):
     name = _unique("dlrate")
     log = logging.getLogger(name)
     log.setLevel(logging.DEBUG)
     log.propagate = False
-    h = _Capture()
+    h = list_handler
     log.addHandler(h)
     yield name, h.messages
     log.removeHandler(h)
@@ -122,9 +113,9 @@ def test_log_every_n_seconds(captured, monkeypatch):
     assert msgs == ["t0", "t2", "t4"]  # at 0.0, 1.2 (>= 1 s later), 2.3 (>= 1 s after 1.2)
 
 
-def test_log_first_n_defaults_to_callers_module_logger():
+def test_log_first_n_defaults_to_callers_module_logger(list_handler):
     log = logging.getLogger(__name__)
-    h = _Capture()
+    h = list_handler
     log.addHandler(h)
     old = log.level
     log.setLevel(logging.DEBUG)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -96,28 +95,6 @@ def test_tensorboard_writer_scalars_and_images(tmp_path):
     (img,) = acc.Images("vis/img")
     assert (img.step, img.height, img.width) == (3, 8, 6)
     assert tags["histograms"] == ["weights"]
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def printer_messages():
-    # a handler on the printer's own logger: independent of propagation settings made by setup_logger elsewhere
-    handler = _ListHandler()
-    log = logging.getLogger(events.__name__)
-    old_level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    yield handler.messages
-    log.removeHandler(handler)
-    log.setLevel(old_level)
 
 
 def test_common_metric_printer_line(printer_messages, monkeypatch):

@@ -1,38 +1,14 @@
 """CommonMetricPrinter's non-loss metrics, and the Visualizer drawing a mask with a hole as one region."""
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
 
 from detlightning.structures import BitMasks, Instances
-from detlightning.utils import events
 from detlightning.utils.events import CommonMetricPrinter, EventStorage
 from detlightning.utils.visualizer import GenericMask, Visualizer
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def printer_messages():
-    handler = _ListHandler()
-    log = logging.getLogger(events.__name__)
-    old_level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    yield handler.messages
-    log.removeHandler(handler)
-    log.setLevel(old_level)
 
 
 def test_common_metric_printer_puts_metrics_after_losses(printer_messages, monkeypatch):
