@@ -152,7 +152,8 @@ def test_batch_size_only_chunks_the_augmented_images() -> None:
         three = GeneralizedRCNNWithTTA(cfg, model, mapper, batch_size=3)(inputs)[0]["instances"]
     assert isinstance(one, Instances) and len(one) > 0 and one.image_size == (60, 80)
     torch.testing.assert_close(one.pred_boxes.tensor, three.pred_boxes.tensor, atol=1e-3, rtol=0)
-    torch.testing.assert_close(one.scores, three.scores, atol=1e-5, rtol=0)
+    # oneDNN's channels-last convolutions block a batch of 1 and of 3 differently: scores round apart by ~2e-5
+    torch.testing.assert_close(one.scores, three.scores, atol=1e-4, rtol=0)
     assert (one.pred_masks != three.pred_masks).float().mean() < 1e-3
 
 
